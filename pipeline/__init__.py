@@ -1,0 +1,1 @@
+"""Sequence-level knowledge distillation for NMT on fairseq: stage code behind the Snakefile."""

@@ -1,0 +1,197 @@
+"""Build a wheel of fairseq 0.12.2 that works on Python 3.11, torch 2.13 and numpy 2.
+
+Standard library only: this runs before the virtual environment has anything in it.
+The sdist is pinned by version and sha256; every patch must match the 0.12.2 source exactly
+once, so a different source fails loudly instead of being half-patched.
+
+    python pipeline/build_fairseq.py --out dist/   # prints the wheel's path
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+VERSION = "0.12.2"
+LOCAL_VERSION = f"{VERSION}+py311.1"
+SDIST_URL = (
+    "https://files.pythonhosted.org/packages/30/36/"
+    "db42846570f479ac859be3b48d8b47f2ae9b0b9c77487a512f2f2ecbcb6b/fairseq-0.12.2.tar.gz"
+)
+SDIST_SHA256 = "34f1b18426bf3844714534162f065ab733e049597476daa35fffb4d06a92b524"
+
+_CONFIGS = [
+    "CommonConfig",
+    "CommonEvalConfig",
+    "DistributedTrainingConfig",
+    "DatasetConfig",
+    "OptimizationConfig",
+    "CheckpointConfig",
+    "FairseqBMUFConfig",
+    "GenerationConfig",
+    "EvalLMConfig",
+    "InteractiveConfig",
+    "EMAConfig",
+]
+_FIELD_NAMES = [
+    "common",
+    "common_eval",
+    "distributed_training",
+    "dataset",
+    "optimization",
+    "checkpoint",
+    "bmuf",
+    "generation",
+    "eval_lm",
+    "interactive",
+    "ema",
+]
+
+# (file, old, new): each `old` must occur exactly once in the 0.12.2 source.
+PATCHES: list[tuple[str, str, str]] = [
+    # 1. Python 3.11 rejects dataclass instances as field defaults; default_factory gives each
+    #    config its own instance (default=CommonConfig, as a PyPI fork does, shares state).
+    *[
+        (
+            "fairseq/dataclass/configs.py",
+            f"    {name}: {cls} = {cls}()\n",
+            f"    {name}: {cls} = field(default_factory={cls})\n",
+        )
+        for name, cls in zip(_FIELD_NAMES, _CONFIGS)
+    ],
+    (
+        "fairseq/models/transformer/transformer_config.py",
+        "    encoder: EncDecBaseConfig = EncDecBaseConfig()\n",
+        "    encoder: EncDecBaseConfig = field(default_factory=EncDecBaseConfig)\n",
+    ),
+    (
+        "fairseq/models/transformer/transformer_config.py",
+        "    decoder: DecoderConfig = DecoderConfig()\n",
+        "    decoder: DecoderConfig = field(default_factory=DecoderConfig)\n",
+    ),
+    (
+        "fairseq/models/transformer/transformer_config.py",
+        "field(default=QuantNoiseConfig())",
+        "field(default_factory=QuantNoiseConfig)",
+    ),
+    # 2. hydra_init read Field.default, which is MISSING once a field has a default_factory.
+    (
+        "fairseq/dataclass/initialize.py",
+        "        v = FairseqConfig.__dataclass_fields__[k].default\n",
+        "        f = FairseqConfig.__dataclass_fields__[k]\n"
+        "        v = f.default\n"
+        "        if v is MISSING and f.default_factory is not MISSING:\n"
+        "            v = f.default_factory()\n",
+    ),
+    (
+        "fairseq/dataclass/initialize.py",
+        "import logging\n",
+        "import logging\nfrom dataclasses import MISSING\n",
+    ),
+    # 3 and 7. hydra-core 1.0 / omegaconf 2.0 fail on 3.11 and newer pip; torchaudio is a CUDA
+    #    build on PyPI that fails to import on CPU machines and only speech tasks use it.
+    (
+        "setup.py",
+        '            "hydra-core>=1.0.7,<1.1",\n            "omegaconf<2.1",\n',
+        '            "hydra-core>=1.3.2,<1.4",\n            "omegaconf>=2.3,<2.4",\n',
+    ),
+    ("setup.py", '            "torchaudio>=0.8.0",\n', ""),
+    # 8. The sdist lacks the libnat/libbase C++ sources; building them against torch fails.
+    ("setup.py", "    from torch.utils import cpp_extension\n", "    raise ImportError  # no libnat/libbase sources in the sdist\n"),
+    # 4. torch >= 2.6 defaults to weights_only=True, which cannot unpickle fairseq's argparse args.
+    (
+        "fairseq/checkpoint_utils.py",
+        'state = torch.load(f, map_location=torch.device("cpu"))',
+        'state = torch.load(f, map_location=torch.device("cpu"), weights_only=False)',
+    ),
+    (
+        "fairseq/checkpoint_utils.py",
+        "        new_state = torch.load(\n            f,\n",
+        "        new_state = torch.load(\n            f,\n            weights_only=False,\n",
+    ),
+    # 5. The 0.12.2-only BetterTransformer inference path fails with "Mask Type should be defined".
+    (
+        "fairseq/modules/transformer_layer.py",
+        "        self.can_use_fastpath = (\n            not self.normalize_before\n",
+        "        self.can_use_fastpath = False and (\n            not self.normalize_before\n",
+    ),
+    # 6. numpy 2 removed np.compat, np.int, np.float and percentile's `interpolation=`.
+    ("fairseq/data/token_block_dataset.py", "dtype=np.compat.long", "dtype=np.int64"),
+    ("fairseq/data/language_pair_dataset.py", "otypes=[np.compat.long]", "otypes=[np.int64]"),
+    ("fairseq/data/data_utils.py", "                    np.int,\n", "                    np.int64,\n"),
+    ("fairseq/data/data_utils.py", 'interpolation="lower"', 'method="lower"'),
+    ("fairseq/modules/dynamic_crf_layer.py", 'np.float("inf")', 'float("inf")'),
+    ("fairseq/version.txt", VERSION, LOCAL_VERSION),
+]
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_sdist(dest: Path, sdist: Path | None) -> Path:
+    if sdist is None:
+        sdist = dest / "fairseq-0.12.2.tar.gz"
+        if not sdist.exists():
+            print(f"downloading {SDIST_URL}", file=sys.stderr)
+            urllib.request.urlretrieve(SDIST_URL, sdist)
+    digest = sha256(sdist)
+    if digest != SDIST_SHA256:
+        raise SystemExit(
+            f"{sdist}: sha256 {digest} is not fairseq {VERSION}'s sdist ({SDIST_SHA256}); "
+            "this patch set applies to fairseq 0.12.2 only"
+        )
+    return sdist
+
+
+def apply_patches(src: Path) -> None:
+    for rel, old, new in PATCHES:
+        path = src / rel
+        text = path.read_text(encoding="utf-8")
+        count = text.count(old)
+        if count != 1:
+            raise SystemExit(f"{path}: expected the 0.12.2 text once, found it {count} times: {old!r}")
+        path.write_text(text.replace(old, new), encoding="utf-8")
+
+
+def build(out: Path, sdist: Path | None = None) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    wheel = next(out.glob(f"fairseq-{LOCAL_VERSION}-*.whl"), None)
+    if wheel is not None:
+        return wheel
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpdir = Path(tmp)
+        archive = fetch_sdist(out, sdist)
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmpdir, filter="data")
+        src = tmpdir / f"fairseq-{VERSION}"
+        shutil.rmtree(src / "fairseq.egg-info", ignore_errors=True)
+        apply_patches(src)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(src)],
+            check=True,
+        )
+    return next(out.glob(f"fairseq-{LOCAL_VERSION}-*.whl"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("dist"), help="directory for the wheel")
+    parser.add_argument("--sdist", type=Path, help="a local fairseq-0.12.2.tar.gz instead of PyPI's")
+    args = parser.parse_args()
+    print(build(args.out, args.sdist))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""A joint SentencePiece model (Python API: the pip package has no spm_* commands).
+
+    python -m pipeline.spm train --model-prefix P --vocab-size 8000 --model-type unigram TRAIN_FILES...
+    python -m pipeline.spm encode --model P.model IN OUT
+    python -m pipeline.spm decode --model P.model IN OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import sentencepiece as spm
+
+from pipeline.cli import run
+from pipeline.corpus import iter_lines, write_lines
+
+
+def train(inputs: list[Path], prefix: Path, vocab_size: int, model_type: str, character_coverage: float, threads: int) -> None:
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=itertools.chain.from_iterable(iter_lines(p) for p in inputs),
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        num_threads=threads,
+        # A small corpus (the smoke slice) may not support the full vocabulary: take what it has.
+        hard_vocab_limit=False,
+        # fairseq adds its own <s>, <pad>, </s>, <unk>; only <unk> is needed inside the pieces.
+        bos_id=-1,
+        eos_id=-1,
+        input_sentence_size=2_000_000,
+        shuffle_input_sentence=True,
+        minloglevel=1,
+    )
+
+
+def load(model: Path) -> spm.SentencePieceProcessor:
+    return spm.SentencePieceProcessor(model_file=str(model))
+
+
+def encode_line(sp: spm.SentencePieceProcessor, line: str) -> str:
+    return " ".join(sp.encode(line, out_type=str))
+
+
+def decode_line(sp: spm.SentencePieceProcessor, line: str) -> str:
+    return sp.decode(line.split())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--model-prefix", type=Path, required=True)
+    t.add_argument("--vocab-size", type=int, required=True)
+    t.add_argument("--model-type", default="unigram", choices=["unigram", "bpe", "char", "word"])
+    t.add_argument("--character-coverage", type=float, default=1.0)
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("inputs", type=Path, nargs="+")
+    for name in ("encode", "decode"):
+        p = sub.add_parser(name)
+        p.add_argument("--model", type=Path, required=True)
+        p.add_argument("input", type=Path)
+        p.add_argument("output", type=Path)
+    args = parser.parse_args()
+    if args.command == "train":
+        train(args.inputs, args.model_prefix, args.vocab_size, args.model_type, args.character_coverage, args.threads)
+        return
+    sp = load(args.model)
+    fn = encode_line if args.command == "encode" else decode_line
+    write_lines(args.output, (fn(sp, line) for line in iter_lines(args.input)))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,2 @@
+def test_tiny_teacher(tiny_teacher):
+    assert tiny_teacher.exists()

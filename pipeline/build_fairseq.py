@@ -64,7 +64,7 @@ PATCHES: list[tuple[str, str, str]] = [
             f"    {name}: {cls} = {cls}()\n",
             f"    {name}: {cls} = field(default_factory={cls})\n",
         )
-        for name, cls in zip(_FIELD_NAMES, _CONFIGS)
+        for name, cls in zip(_FIELD_NAMES, _CONFIGS, strict=True)
     ],
     (
         "fairseq/models/transformer/transformer_config.py",

@@ -4,6 +4,7 @@ Run from the repository root: `snakemake --profile profiles/default [TARGET]`.
 """
 
 import os
+import shlex
 import sys
 
 from snakemake.utils import min_version, validate
@@ -30,9 +31,11 @@ FAIRSEQ_SPLIT = {"train": "train", "dev": "valid", "test": "test"}
 
 
 include: "pipeline/rules/data.smk"
+include: "pipeline/rules/train.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.data.input,
+        rules.teacher.input,

@@ -1,0 +1,94 @@
+"""Checkpoint handling that fairseq's pip package lacks: averaging, stripping, picking the final model.
+
+fairseq's scripts/average_checkpoints.py is not in the pip package (and fails on torch 2.13 as
+shipped: torch.load's weights_only default), so this is our own small implementation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from pipeline.corpus import CorpusError
+
+_EPOCH = re.compile(r"checkpoint(\d+)\.pt$")
+_UPDATE = re.compile(r"checkpoint_(\d+)_(\d+)\.pt$")
+
+
+def load(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(f"{path}: checkpoint not found")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def num_updates(state: dict) -> int:
+    history = state.get("optimizer_history") or [{}]
+    return int(history[-1].get("num_updates", 0))
+
+
+def latest_checkpoints(save_dir: Path, n: int) -> list[Path]:
+    """The n most recent numbered checkpoints: by update count if saved by updates, else by epoch."""
+    by_update = sorted(
+        (int(m.group(2)), p) for p in save_dir.glob("checkpoint_*_*.pt") if (m := _UPDATE.search(p.name))
+    )
+    by_epoch = sorted((int(m.group(1)), p) for p in save_dir.glob("checkpoint*.pt") if (m := _EPOCH.search(p.name)))
+    found = [p for _, p in (by_update or by_epoch)]
+    if len(found) < n:
+        raise CorpusError(f"{save_dir}: averaging needs {n} numbered checkpoints, found {len(found)}")
+    return found[-n:]
+
+
+def average(paths: list[Path]) -> dict:
+    """Mean of the models' parameters; every other field comes from the last checkpoint."""
+    states = [load(p) for p in paths]
+    params: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for key, value in states[-1]["model"].items():
+        if value.is_floating_point():
+            total = sum(s["model"][key].to(torch.float64) for s in states)
+            params[key] = (total / len(states)).to(value.dtype)
+        else:
+            params[key] = value
+    averaged = dict(states[-1])
+    averaged["model"] = params
+    averaged.setdefault("extra_state", {})
+    averaged["extra_state"] = {**averaged["extra_state"], "averaged_from": [p.name for p in paths]}
+    return averaged
+
+
+def strip(state: dict) -> dict:
+    """Only what decoding needs: weights, config, and the update count.
+
+    The optimizer state (two moments per parameter for Adam) triples a checkpoint's size, and
+    the training criterion (e.g. word_kd with its teacher path and plugin dir) is irrelevant
+    for inference, so it is removed too: the model then loads without our plugins.
+    """
+    cfg = state.get("cfg")
+    if cfg is not None:
+        cfg = dict(cfg) if isinstance(cfg, dict) else cfg.copy()
+        cfg["criterion"] = None
+        cfg["optimizer"] = None
+        cfg["lr_scheduler"] = None
+        if cfg.get("common") is not None:
+            cfg["common"] = dict(cfg["common"]) if isinstance(cfg["common"], dict) else cfg["common"].copy()
+            cfg["common"]["user_dir"] = None
+    return {
+        "args": None,
+        "cfg": cfg,
+        "model": state["model"],
+        "optimizer_history": [{"num_updates": num_updates(state), "criterion_name": "none", "optimizer_name": "none",
+                               "lr_scheduler_state": {}}],
+        "extra_state": {k: v for k, v in (state.get("extra_state") or {}).items() if k in ("averaged_from", "best")},
+    }
+
+
+def save(state: dict, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

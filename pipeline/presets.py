@@ -1,0 +1,40 @@
+"""Named Transformer sizes: fairseq-train architecture options for teachers and students.
+
+Sizes measured on Multi30k with a joint 8k SentencePiece vocabulary (shared embeddings).
+"""
+
+from __future__ import annotations
+
+
+def _transformer(layers: tuple[int, int], dim: int, ffn: int, heads: int, dropout: float) -> list[str]:
+    enc, dec = layers
+    return [
+        "--arch", "transformer", "--share-all-embeddings",
+        "--encoder-layers", str(enc), "--decoder-layers", str(dec),
+        "--encoder-embed-dim", str(dim), "--decoder-embed-dim", str(dim),
+        "--encoder-ffn-embed-dim", str(ffn), "--decoder-ffn-embed-dim", str(ffn),
+        "--encoder-attention-heads", str(heads), "--decoder-attention-heads", str(heads),
+        "--dropout", str(dropout),
+    ]
+
+
+PRESETS: dict[str, list[str]] = {
+    # Teacher for the 2-core CPU demo: 3+3 layers, d=256 (~9.9M parameters with 8k vocabulary).
+    "teacher_cpu": _transformer((3, 3), 256, 1024, 4, 0.1),
+    # GPU-scale teacher comparable to fairseq's transformer_iwslt_de_en: 6+6, d=512, ffn 1024.
+    "teacher_iwslt": _transformer((6, 6), 512, 1024, 4, 0.3),
+    # Small student: narrow embeddings and output projection, where the cost is (design notes).
+    "student_small": _transformer((3, 3), 128, 512, 4, 0.1),
+    # Deep encoder, shallow decoder: decoding cost is in the decoder's sequential steps.
+    "student_deep_shallow": _transformer((6, 1), 128, 512, 4, 0.1),
+    # GPU-scale student (transformer_iwslt-like, half width).
+    "student_gpu": _transformer((6, 2), 256, 1024, 4, 0.1),
+    # Tests and the smoke run: a few thousand parameters plus embeddings.
+    "tiny": _transformer((1, 1), 32, 64, 2, 0.1),
+}
+
+
+def preset_args(name: str) -> list[str]:
+    if name not in PRESETS:
+        raise KeyError(f"unknown architecture preset '{name}' (known: {', '.join(sorted(PRESETS))})")
+    return list(PRESETS[name])

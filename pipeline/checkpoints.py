@@ -15,6 +15,13 @@ import torch
 
 from pipeline.corpus import CorpusError
 
+# Attributes of fairseq 0.12.2's TransformerEncoderLayerBase that duplicate its real weights
+# (self_attn.{q,k,v,out}_proj, fc1, fc2) for the BetterTransformer path; unused in training and
+# in our (patched) inference; rebuilt from the real weights by _load_from_state_dict.
+FASTPATH_COPIES = (
+    "in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias",
+    "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias",
+)
 _EPOCH = re.compile(r"checkpoint(\d+)\.pt$")
 _UPDATE = re.compile(r"checkpoint_(\d+)_(\d+)\.pt$")
 
@@ -60,13 +67,30 @@ def average(paths: list[Path]) -> dict:
     return averaged
 
 
-def strip(state: dict) -> dict:
+def fastpath_copies(state_dict: dict) -> list[str]:
+    """Keys of a model state dict that only hold fast-path copies (an encoder layer's, beside its self_attn)."""
+    keys = []
+    for key in state_dict:
+        prefix, _, name = key.rpartition(".")
+        if name in FASTPATH_COPIES and f"{prefix}.self_attn.q_proj.weight" in state_dict:
+            keys.append(key)
+    return keys
+
+
+def strip(state: dict, keep_fastpath_copies: bool = False) -> dict:
     """Only what decoding needs: weights, config, and the update count.
 
     The optimizer state (two moments per parameter for Adam) triples a checkpoint's size, and
     the training criterion (e.g. word_kd with its teacher path and plugin dir) is irrelevant
-    for inference, so it is removed too: the model then loads without our plugins.
+    for inference, so it is removed too: the model then loads without our plugins. The encoder's
+    fast-path weight copies go too (fairseq rebuilds them on load) unless keep_fastpath_copies.
     """
+    if not isinstance(state, dict) or "model" not in state or state.get("cfg") is None:
+        raise CorpusError("not a fairseq checkpoint (no model weights and config)")
+    weights = dict(state["model"])
+    if not keep_fastpath_copies:
+        for key in fastpath_copies(weights):
+            del weights[key]
     cfg = state.get("cfg")
     if cfg is not None:
         cfg = dict(cfg) if isinstance(cfg, dict) else cfg.copy()
@@ -79,7 +103,8 @@ def strip(state: dict) -> dict:
     return {
         "args": None,
         "cfg": cfg,
-        "model": state["model"],
+        "model": weights,
+        "task_state": state.get("task_state", {}),
         "optimizer_history": [{"num_updates": num_updates(state), "criterion_name": "none", "optimizer_name": "none",
                                "lr_scheduler_state": {}}],
         "extra_state": {k: v for k, v in (state.get("extra_state") or {}).items() if k in ("averaged_from", "best")},

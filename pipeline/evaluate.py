@@ -1,0 +1,161 @@
+"""Evaluate one model on one evaluation set: beam and greedy decoding, BLEU and chrF, speed, size.
+
+    python -m pipeline.evaluate --model work/models/teacher/model.pt --name teacher --set test \
+        --split test --data work/data/bin --ref work/data/raw/test.en --spm work/data/spm/spm.model \
+        --json results/eval/teacher/test.json \
+        --beam-hyps results/eval/teacher/test.beam.txt --greedy-hyps results/eval/teacher/test.greedy.txt
+    (an extra set: --src-text USER_RAW_SOURCE instead of --split; it is normalised and spm-encoded here)
+
+Hypotheses are SentencePiece-decoded and Moses-detokenised, then scored by sacreBLEU against the
+raw (unnormalised) reference, as anyone would score a system's plain-text output; the JSON keeps
+sacreBLEU's signatures. Speed is measured after a warm-up batch, with the batch settings, threads
+and device recorded beside it. Model size (unique parameters, stripped checkpoint bytes) comes
+from pipeline.model_size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from sacrebleu.metrics import BLEU, CHRF
+
+from pipeline.cli import run
+from pipeline.corpus import CorpusError, read_lines, write_lines
+from pipeline.decode import (
+    BatchSettings,
+    GenerationSettings,
+    LoadedModel,
+    TextCodec,
+    decode_dataset,
+    find_spm,
+    lines_dataset,
+    load_model,
+    runtime_info,
+    split_dataset,
+)
+from pipeline.model_size import model_size
+
+log = logging.getLogger("pipeline.evaluate")
+
+# Our evaluation set names -> fairseq's split names in the binarised data.
+FAIRSEQ_SPLIT = {"dev": "valid", "test": "test", "train": "train"}
+MODES = ("beam", "greedy")
+
+
+def score(hyps: list[str], refs: list[str]) -> dict[str, Any]:
+    """Corpus BLEU and chrF (sacreBLEU defaults) with their signatures."""
+    bleu, chrf = BLEU(), CHRF()
+    b = bleu.corpus_score(hyps, [refs])
+    c = chrf.corpus_score(hyps, [refs])
+    return {
+        "bleu": {
+            "score": b.score,
+            "signature": str(bleu.get_signature()),
+            "text": f"{b} {bleu.get_signature()}",
+            "precisions": b.precisions,
+            "bp": b.bp,
+            "sys_len": b.sys_len,
+            "ref_len": b.ref_len,
+        },
+        "chrf": {"score": c.score, "signature": str(chrf.get_signature()), "text": f"{c} {chrf.get_signature()}"},
+    }
+
+
+def evaluate_mode(
+    lm: LoadedModel, dataset, codec: TextCodec, refs: list[str], gen: GenerationSettings, batch: BatchSettings,
+    hyp_path: Path,
+) -> dict[str, Any]:
+    decoded = decode_dataset(lm, dataset, gen, batch, warmup=True)
+    hyps = [codec.decode(nbest[0].tokens) for nbest in decoded.hypotheses]
+    write_lines(hyp_path, hyps)
+    stats = decoded.stats
+    log.info("beam %d: %d sentences in %.2f s (%.1f sent/s, %.0f tok/s)", gen.beam, stats.sentences,
+             stats.seconds, stats.sentences_per_s, stats.target_tokens_per_s)
+    return {
+        **score(hyps, refs),
+        "hypotheses": str(hyp_path),
+        "settings": {"beam": gen.beam, "lenpen": gen.lenpen, "max_len_a": gen.max_len_a, "max_len_b": gen.max_len_b},
+        "speed": {**stats.as_dict(), "max_tokens": batch.max_tokens, "batch_size": batch.batch_size},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="fairseq checkpoint")
+    parser.add_argument("--name", help="model name for the report (default: the checkpoint's directory name)")
+    parser.add_argument("--set", dest="set_name", required=True, help="evaluation set name for the report")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--split", help="binarised split of --data: dev, test (or fairseq's valid, test)")
+    source.add_argument("--src-text", type=Path, help="raw source text (normalised and spm-encoded here)")
+    parser.add_argument("--ref", type=Path, required=True, help="raw reference text")
+    parser.add_argument("--data", help="binarised data / dictionaries (default: from the checkpoint)")
+    parser.add_argument("--spm", help="SentencePiece model (default: found from the data directory)")
+    parser.add_argument("--no-normalize", action="store_true", help="--src-text: skip Moses punctuation normalisation")
+    parser.add_argument("--no-detok", action="store_true", help="skip Moses detokenisation of the output")
+    parser.add_argument("--json", type=Path, required=True, help="write the results here")
+    parser.add_argument("--beam-hyps", type=Path, help="beam hypotheses (plain text); default: JSON path .beam.txt")
+    parser.add_argument("--greedy-hyps", type=Path, help="greedy hypotheses; default: JSON path .greedy.txt")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--lenpen", type=float, default=1.0)
+    parser.add_argument("--max-len-a", type=float, default=1.2)
+    parser.add_argument("--max-len-b", type=int, default=10)
+    parser.add_argument("--max-tokens", type=int, default=None, help="tokens per batch (default 6000 without --batch-size)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--cpu", action="store_true", help="decode on CPU even if CUDA is available")
+    parser.add_argument("--fp16", action="store_true", help="half precision (CUDA only)")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.time()
+    lm = load_model(args.model, data_dir=args.data, cpu=args.cpu, fp16=args.fp16)
+    codec = TextCodec(find_spm(lm, args.spm), lm.source_lang, lm.target_lang,
+                      normalize=not args.no_normalize, detokenize=not args.no_detok)
+    if args.split:
+        dataset = split_dataset(lm, FAIRSEQ_SPLIT.get(args.split, args.split))
+        source_desc = f"{lm.data_dir} split {args.split}"
+    else:
+        dataset = lines_dataset(lm, [codec.encode(line) for line in read_lines(args.src_text)])
+        source_desc = str(args.src_text)
+    refs = read_lines(args.ref)
+    if len(refs) != len(dataset):
+        raise CorpusError(f"{args.ref}: {len(refs)} reference lines but the source ({source_desc}) has {len(dataset)}")
+
+    batch = BatchSettings(max_tokens=args.max_tokens, batch_size=args.batch_size)
+    hyp_paths = {
+        "beam": args.beam_hyps or args.json.with_suffix(".beam.txt"),
+        "greedy": args.greedy_hyps or args.json.with_suffix(".greedy.txt"),
+    }
+    result: dict[str, Any] = {
+        "model": args.name or args.model.parent.name,
+        "checkpoint": str(args.model),
+        "set": args.set_name,
+        "source": source_desc,
+        "reference": str(args.ref),
+        "src": lm.source_lang,
+        "tgt": lm.target_lang,
+        "sentences": len(refs),
+        "runtime": runtime_info(lm),
+    }
+    for mode in args.modes:
+        beam = args.beam if mode == "beam" else 1
+        gen = GenerationSettings(beam=beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b)
+        result[mode] = evaluate_mode(lm, dataset, codec, refs, gen, batch, hyp_paths[mode])
+    result["model_size"] = model_size(lm.path, model=lm.model)
+    result["seconds_total"] = time.time() - started
+    write_lines(args.json, [json.dumps(result, indent=2)])
+    for mode in args.modes:
+        log.info("%s %s %s: %s | %s", result["model"], args.set_name, mode, result[mode]["bleu"]["text"],
+                 result[mode]["chrf"]["text"])
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,94 @@
+"""Binarise the distilled corpus with the teacher's dictionary, next to the real dev and test sets.
+
+    python -m pipeline.distill.binarize --trainpref work/distill/train --src de --tgt en \
+        --teacher-bin work/data/bin --destdir work/distill/bin [--workers 2]
+
+The teacher's dictionaries are imposed (never rebuilt from the distilled text), so a word-KD student
+trained on DESTDIR shares the teacher's vocabulary; valid and test are copied from the teacher's
+data, so a student trained on DESTDIR is validated on the real dev set. The result is built in a
+temporary directory, verified (dictionaries identical, one binarised sentence per line), then moved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from pipeline.cli import run
+from pipeline.corpus import CorpusError, count_lines
+
+log = logging.getLogger("pipeline.distill.binarize")
+COPIED_SPLITS = ("valid", "test")
+
+
+def dataset_size(prefix: Path) -> int:
+    """Sentences in a fairseq mmap indexed dataset (PREFIX.idx / PREFIX.bin)."""
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    if not Path(f"{prefix}.idx").exists():
+        raise CorpusError(f"{prefix}.idx: no such file")
+    return len(MMapIndexedDataset(str(prefix)))
+
+
+def binarize(trainpref: Path, src: str, tgt: str, teacher_bin: Path, destdir: Path, workers: int) -> list[Path]:
+    """Build DESTDIR; returns the files written."""
+    dicts = {lang: teacher_bin / f"dict.{lang}.txt" for lang in (src, tgt)}
+    for lang, path in dicts.items():
+        if not path.exists():
+            raise CorpusError(f"{path}: no such file (the teacher's {lang} dictionary)")
+    pair = f"{src}-{tgt}"
+    copied = [teacher_bin / f"{split}.{pair}.{lang}.{ext}" for split in COPIED_SPLITS for lang in (src, tgt) for ext in ("bin", "idx")]
+    for path in copied:
+        if not path.exists():
+            raise CorpusError(f"{path}: no such file (the teacher's binarised {path.name.split('.')[0]} set)")
+    lines = {lang: count_lines(f"{trainpref}.{lang}") for lang in (src, tgt)}
+    if lines[src] != lines[tgt]:
+        raise CorpusError(f"{trainpref}.{src} has {lines[src]} lines but {trainpref}.{tgt} has {lines[tgt]}")
+
+    tmp = destdir.with_name(destdir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    argv = [
+        "--source-lang", src, "--target-lang", tgt, "--trainpref", str(trainpref), "--destdir", str(tmp),
+        "--srcdict", str(dicts[src]), "--tgtdict", str(dicts[tgt]), "--workers", str(workers),
+    ]
+    log.info("fairseq preprocess %s", " ".join(argv))
+    from fairseq import options
+    from fairseq_cli import preprocess
+
+    preprocess.main(options.get_preprocessing_parser().parse_args(argv))  # in-process: one fairseq import
+    for lang, path in dicts.items():
+        if not filecmp.cmp(path, tmp / path.name, shallow=False):
+            raise CorpusError(f"{tmp / path.name}: differs from the teacher's dictionary {path}")
+        size = dataset_size(tmp / f"train.{pair}.{lang}")
+        if size != lines[lang]:
+            raise CorpusError(f"{tmp}/train.{pair}.{lang}: {size} binarised sentences, {trainpref}.{lang} has {lines[lang]} lines")
+    for path in copied:
+        shutil.copyfile(path, tmp / path.name)  # a copy, not a link: a fresh mtime keeps Snakemake's times in order
+    destdir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted(tmp.iterdir()):
+        os.replace(path, destdir / path.name)
+        written.append(destdir / path.name)
+    tmp.rmdir()
+    log.info("binarised %d distilled pairs into %s", lines[src], destdir)
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trainpref", type=Path, required=True)
+    parser.add_argument("--src", required=True)
+    parser.add_argument("--tgt", required=True)
+    parser.add_argument("--teacher-bin", type=Path, required=True)
+    parser.add_argument("--destdir", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    binarize(args.trainpref, args.src, args.tgt, args.teacher_bin, args.destdir, args.workers)
+
+
+if __name__ == "__main__":
+    run(main)

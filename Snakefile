@@ -12,6 +12,9 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
+report: "pipeline/report/workflow.rst"
+
+
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
@@ -32,6 +35,9 @@ FAIRSEQ_SPLIT = {"train": "train", "dev": "valid", "test": "test"}
 
 include: "pipeline/rules/data.smk"
 include: "pipeline/rules/train.smk"
+include: "pipeline/rules/evaluate.smk"
+include: "pipeline/rules/distill.smk"
+include: "pipeline/rules/report.smk"
 
 
 rule all:
@@ -39,3 +45,7 @@ rule all:
     input:
         rules.data.input,
         rules.teacher.input,
+        rules.distill.input,
+        rules.students.input,
+        rules.evaluate.input,
+        rules.report.input,

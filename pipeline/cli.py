@@ -7,6 +7,13 @@ import sys
 from collections.abc import Callable
 
 from pipeline.corpus import CorpusError
+from pipeline.faults import maybe_fail
+
+
+def stage_name() -> str:
+    """The running stage's module name (`train` for `python -m pipeline.train`)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec.name.rpartition(".")[2] if spec else ""
 
 
 def run(main: Callable[[], None]) -> None:
@@ -15,6 +22,8 @@ def run(main: Callable[[], None]) -> None:
         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
         stream=sys.stderr,
     )
+    # Tests arm this (PIPELINE_FAULT_ONCE) to check that a failed job is retried; a no-op otherwise.
+    maybe_fail(stage_name())
     try:
         main()
     except CorpusError as err:

@@ -75,7 +75,7 @@ rule clean_train:
         src=f"work/data/clean/train.{SRC}",
         tgt=f"work/data/clean/train.{TGT}",
         ids="work/data/clean/train.ids",
-        stats="results/data/clean_stats.json",
+        stats=report("results/data/clean_stats.json", category="Data", labels={"statistics": "cleaning"}),
     params:
         args=clean_args(),
     log:

@@ -20,6 +20,25 @@ def eval_outputs(models, sets=None):
     return [f"results/eval/{model}/{name}.json" for model in models for name in (sets or EVAL_SETS)]
 
 
+# evaluate.backends: fairseq is always evaluated (the report's figures); with ctranslate2 each model
+# is also evaluated by CTranslate2 once per compute type of ct2.evaluate_compute_types (rule
+# evaluate_model_ct2 of pipeline/rules/ct2.smk): same JSON layout, plus backend and compute_type.
+EVAL_BACKENDS = EVAL_CFG.get("backends") or ["fairseq"]
+EVAL_CT2_TYPES = (config.get("ct2") or {}).get("evaluate_compute_types") or ["float32", "int8"]
+
+
+def eval_ct2_outputs(models, sets=None):
+    """CTranslate2's evaluation JSON per model, set and compute type; none unless evaluate.backends has ctranslate2."""
+    if "ctranslate2" not in EVAL_BACKENDS:
+        return []
+    return [
+        f"results/eval/{model}/{name}.ct2-{ctype}.json"
+        for model in models
+        for name in (sets or EVAL_SETS)
+        for ctype in EVAL_CT2_TYPES
+    ]
+
+
 def eval_inputs(wildcards):
     inputs = {
         "model": f"work/models/{wildcards.model}/model.pt",
@@ -94,4 +113,5 @@ rule evaluate_model:
 
 rule evaluate:
     input:
-        eval_outputs(["teacher"]),
+        eval_outputs(list(MODELS)),
+        eval_ct2_outputs(list(MODELS)),

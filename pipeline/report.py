@@ -1,0 +1,204 @@
+"""The comparison every run ends with: one row per model, and the plots that show it.
+
+    python -m pipeline.report --evals results/eval/*/test.json --curves results/train/*.jsonl \
+        --csv results/summary.csv --md results/summary.md --plots results/plots
+
+BLEU/chrF are beam-search scores on the evaluation set given; speeds are sentences per second.
+Deltas are against the `student_baseline` and `teacher` rows when those models are present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pipeline.cli import run  # noqa: E402
+from pipeline.corpus import CorpusError, write_lines  # noqa: E402
+
+log = logging.getLogger("pipeline.report")
+TEACHER, BASELINE = "teacher", "student_baseline"
+COLUMNS = [
+    "model", "variant", "alpha", "temperature", "bleu", "chrf", "bleu_greedy", "delta_bleu_vs_baseline",
+    "delta_bleu_vs_teacher", "parameters", "size_mb", "sent_per_s_greedy", "sent_per_s_beam", "speedup_vs_teacher",
+]
+_NAME = re.compile(r"^student_(?P<variant>[a-z_]+?)(?:_a(?P<alpha>[0-9.e-]+)_t(?P<t>[0-9.e-]+))?$")
+
+
+def describe(name: str) -> tuple[str, float | None, float | None]:
+    """(variant, alpha, temperature) from a model name such as student_seq_word_kd_a0.5_t1."""
+    if name == TEACHER:
+        return "teacher", None, None
+    m = _NAME.match(name)
+    if not m:
+        return name, None, None
+    alpha, t = m.group("alpha"), m.group("t")
+    return m.group("variant"), float(alpha) if alpha else None, float(t) if t else None
+
+
+def load_row(path: Path) -> dict:
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise CorpusError(f"{path}: not a readable evaluation result ({err})") from None
+    variant, alpha, temperature = describe(result["model"])
+    size = result.get("model_size", {})
+    return {
+        "model": result["model"],
+        "variant": variant,
+        "alpha": alpha,
+        "temperature": temperature,
+        "bleu": result["beam"]["bleu"]["score"],
+        "chrf": result["beam"]["chrf"]["score"],
+        "bleu_greedy": result["greedy"]["bleu"]["score"],
+        "parameters": size.get("parameters"),
+        "size_mb": size.get("stripped_checkpoint_bytes", 0) / 1e6,
+        "sent_per_s_greedy": result["greedy"]["speed"]["sentences_per_s"],
+        "sent_per_s_beam": result["beam"]["speed"]["sentences_per_s"],
+        "signature": result["beam"]["bleu"]["signature"],
+        "set": result["set"],
+    }
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Add deltas and speed-ups; teacher first, then the students by name."""
+    by_name = {r["model"]: r for r in rows}
+    if len(by_name) != len(rows):
+        raise CorpusError("two evaluation results for the same model: " + ", ".join(r["model"] for r in rows))
+    teacher, baseline = by_name.get(TEACHER), by_name.get(BASELINE)
+    for r in rows:
+        r["delta_bleu_vs_baseline"] = r["bleu"] - baseline["bleu"] if baseline else None
+        r["delta_bleu_vs_teacher"] = r["bleu"] - teacher["bleu"] if teacher else None
+        r["speedup_vs_teacher"] = r["sent_per_s_beam"] / teacher["sent_per_s_beam"] if teacher else None
+    return sorted(rows, key=lambda r: (r["model"] != TEACHER, r["model"]))
+
+
+def fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def markdown(rows: list[dict]) -> list[str]:
+    head = ["model", "BLEU", "chrF", "BLEU greedy", "Δ BLEU vs baseline", "Δ BLEU vs teacher", "parameters",
+            "size (MB)", "sent/s greedy", "sent/s beam", "speed-up vs teacher (beam)"]
+    lines = [f"Evaluation set: {rows[0]['set']}; BLEU/chrF with beam search. BLEU signature: `{rows[0]['signature']}`",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        delta = [None if r[k] is None else f"{r[k]:+.2f}" for k in ("delta_bleu_vs_baseline", "delta_bleu_vs_teacher")]
+        cells = [r["model"], fmt(r["bleu"]), fmt(r["chrf"]), fmt(r["bleu_greedy"]), fmt(delta[0]), fmt(delta[1]),
+                 fmt(r["parameters"]), fmt(r["size_mb"], 1), fmt(r["sent_per_s_greedy"], 1),
+                 fmt(r["sent_per_s_beam"], 1), fmt(r["speedup_vs_teacher"]) + ("×" if r["speedup_vs_teacher"] else "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_bleu_vs_speed(rows: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        marker = "*" if r["model"] == TEACHER else "o"
+        ax.scatter(r["sent_per_s_beam"], r["bleu"], s=120 if marker == "*" else 50, marker=marker)
+        ax.annotate(r["model"], (r["sent_per_s_beam"], r["bleu"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.set_xlabel("beam decoding speed (sentences/s)")
+    ax.set_ylabel("BLEU")
+    ax.set_title(f"Quality versus speed ({rows[0]['set']})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_bleu_vs_alpha(rows: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups: dict[tuple[str, float], list[tuple[float, float]]] = {}
+    for r in rows:
+        if r["alpha"] is not None:
+            groups.setdefault((r["variant"], r["temperature"]), []).append((r["alpha"], r["bleu"]))
+    for (variant, t), points in sorted(groups.items()):
+        points.sort()
+        ax.plot([a for a, _ in points], [b for _, b in points], marker="o", label=f"{variant}, T={t:g}")
+    for name, style in ((TEACHER, "--"), (BASELINE, ":")):
+        row = next((r for r in rows if r["model"] == name), None)
+        if row:
+            ax.axhline(row["bleu"], linestyle=style, color="gray", label=name)
+    ax.set_xlabel("α (weight of cross-entropy; 1 − α on the KL term)")
+    ax.set_ylabel("BLEU")
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_title("BLEU versus α")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def read_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """(update, loss) series for training and validation from a fairseq JSON progress file."""
+    curves: dict[str, list[tuple[int, float]]] = {"train": [], "valid": []}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        phase = record.get("phase")
+        if phase == "train_inner":
+            curves["train"].append((int(float(record["num_updates"])), float(record["loss"])))
+        elif phase == "valid":
+            curves["valid"].append((int(float(record["valid_num_updates"])), float(record["valid_loss"])))
+    return curves
+
+
+def plot_curves(curve_files: list[Path], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
+    for f in sorted(curve_files):
+        curves = read_curves(f)
+        for ax, phase in zip(axes, ("train", "valid"), strict=True):
+            points = sorted(dict(curves[phase]).items())  # a resumed run repeats updates: keep the last
+            if points:
+                ax.plot([u for u, _ in points], [loss for _, loss in points], marker="." if phase == "valid" else None,
+                        label=f.stem)
+    for ax, phase in zip(axes, ("training loss", "validation loss"), strict=True):
+        ax.set_xlabel("updates")
+        ax.set_ylabel(f"{phase} (base 2)")
+        ax.set_title(phase)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--evals", type=Path, nargs="+", required=True, help="evaluation JSON files, one per model")
+    parser.add_argument("--curves", type=Path, nargs="*", default=[], help="results/train/<model>.jsonl files")
+    parser.add_argument("--csv", type=Path, required=True)
+    parser.add_argument("--md", type=Path, required=True)
+    parser.add_argument("--plots", type=Path, required=True, help="directory for the PNG plots")
+    args = parser.parse_args()
+    rows = summarize([load_row(p) for p in args.evals])
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    with args.csv.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    write_lines(args.md, markdown(rows))
+    args.plots.mkdir(parents=True, exist_ok=True)
+    plot_bleu_vs_speed(rows, args.plots / "bleu_vs_speed.png")
+    plot_bleu_vs_alpha(rows, args.plots / "bleu_vs_alpha.png")
+    plot_curves(args.curves, args.plots / "training_curves.png")
+    log.info("summary of %d models: %s", len(rows), args.md)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,82 @@
+"""The whole workflow on the smoke config: teacher, distillation, all four student variants, evaluation, report."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import snakemake, write_config
+
+VARIANT_MODELS = ["teacher", "student_baseline", "student_seq_kd", "student_seq_word_kd_a0.5_t1",
+                  "student_word_kd_a0.5_t1"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(smoke_data: Path, tmp_path_factory) -> tuple[Path, Path]:
+    work = tmp_path_factory.mktemp("smoke_pipeline")
+    shutil.copytree(smoke_data, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".snakemake"))
+    cfg = write_config(work)
+    snakemake(work, "all", config=cfg, timeout=1800)
+    return work, cfg
+
+
+def jobs_in_dry_run(output: str) -> dict[str, int]:
+    """Snakemake's own job-count table of a dry run: rule -> count."""
+    counts = {}
+    table = output.split("Job stats:", 1)[1] if "Job stats:" in output else ""
+    for line in table.splitlines():
+        m = re.match(r"^(\S+)\s+(\d+)\s*$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def test_summary_has_a_row_per_model(smoke_run):
+    work, _ = smoke_run
+    with (work / "results/summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["model"] for r in rows) == sorted(VARIANT_MODELS)
+    for r in rows:
+        assert 0.0 <= float(r["bleu"]) <= 100.0 and float(r["chrf"]) > 0.0
+        assert float(r["sent_per_s_beam"]) > 0 and int(r["parameters"]) > 0
+    teacher = next(r for r in rows if r["model"] == "teacher")
+    assert float(teacher["speedup_vs_teacher"]) == pytest.approx(1.0)
+    md = (work / "results/summary.md").read_text()
+    assert "| student_seq_word_kd_a0.5_t1 |" in md and "BLEU signature" in md
+    for name in ("bleu_vs_speed", "bleu_vs_alpha", "training_curves"):
+        png = (work / f"results/plots/{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_html_report(smoke_run):
+    work, cfg = smoke_run
+    snakemake(work, "all", "--report", "report.html", config=cfg)
+    html = (work / "report.html").read_text(errors="replace")
+    assert len(html) > 10000
+    for item in ("summary.csv", "bleu_vs_speed.png", "clean_stats.json", "stats.json"):
+        assert item in html, item
+
+
+def test_nothing_left_to_do_and_forcerun_distill_reruns_only_downstream(smoke_run):
+    work, cfg = smoke_run
+    assert "Nothing to be done" in snakemake(work, "-n", "all", config=cfg).stdout
+    dry = snakemake(work, "-n", "all", "--forcerun", "distill_assemble", config=cfg).stdout
+    jobs = jobs_in_dry_run(dry)
+    assert jobs.get("distill_assemble") == 1
+    # downstream: the distilled data, the two seq-KD students, their evaluations, the report
+    assert jobs.get("train_model") == 2
+    for rule in ("fetch_corpus", "binarize", "distill_decode_shard"):
+        assert rule not in jobs, f"{rule} is upstream of the forced rule: {jobs}"
+
+
+def test_alpha_list_expands_into_students(smoke_data: Path, tmp_path: Path):
+    cfg = write_config(tmp_path, {"students": {"variants": ["baseline", "seq_word_kd"], "alpha": [0.1, 0.5, 0.9]}})
+    shutil.copytree(smoke_data / "work", tmp_path / "work")
+    dry = snakemake(tmp_path, "-n", "students", config=cfg).stdout
+    trained = set(re.findall(r"work/models/([^/\s]+)/model\.pt", dry))
+    assert {"student_baseline", "student_seq_word_kd_a0.1_t1", "student_seq_word_kd_a0.5_t1",
+            "student_seq_word_kd_a0.9_t1"} <= trained
+    assert not any(name.startswith("student_word_kd") or name == "student_seq_kd" for name in trained)

@@ -80,3 +80,14 @@ def test_alpha_list_expands_into_students(smoke_data: Path, tmp_path: Path):
     assert {"student_baseline", "student_seq_word_kd_a0.1_t1", "student_seq_word_kd_a0.5_t1",
             "student_seq_word_kd_a0.9_t1"} <= trained
     assert not any(name.startswith("student_word_kd") or name == "student_seq_kd" for name in trained)
+
+
+def test_changed_beam_reruns_distillation_and_what_follows_only(smoke_run):
+    work, _ = smoke_run
+    cfg = write_config(work, {"distill": {"beam": 3}})
+    jobs = jobs_in_dry_run(snakemake(work, "-n", "all", config=cfg).stdout)
+    assert jobs.get("distill_decode_shard") == 3 and jobs.get("distill_assemble") == 1
+    assert jobs.get("train_model") == 2  # the two students on distilled targets, not the teacher
+    assert jobs.get("evaluate_model") == 2
+    for rule in ("fetch_corpus", "spm_train", "binarize"):
+        assert rule not in jobs, jobs

@@ -84,7 +84,7 @@ def test_alpha_list_expands_into_students(smoke_data: Path, tmp_path: Path):
 
 def test_changed_beam_reruns_distillation_and_what_follows_only(smoke_run):
     work, _ = smoke_run
-    cfg = write_config(work, {"distill": {"beam": 3}})
+    cfg = write_config(work / "beam3", {"distill": {"beam": 3}})  # beside, not over, the run's config
     jobs = jobs_in_dry_run(snakemake(work, "-n", "all", config=cfg).stdout)
     assert jobs.get("distill_decode_shard") == 3 and jobs.get("distill_assemble") == 1
     assert jobs.get("train_model") == 2  # the two students on distilled targets, not the teacher

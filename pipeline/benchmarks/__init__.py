@@ -1,0 +1,1 @@
+"""Benchmarks run as scripts (`python -m pipeline.benchmarks.<name>`), not as timed tests."""

@@ -6,6 +6,12 @@
         --beam-hyps results/eval/teacher/test.beam.txt --greedy-hyps results/eval/teacher/test.greedy.txt
     (an extra set: --src-text USER_RAW_SOURCE instead of --split; it is normalised and spm-encoded here)
 
+    python -m pipeline.evaluate --backend ctranslate2 --ct2-model work/ct2/teacher --compute-type int8 \
+        --name teacher --set test --src-pieces work/data/spm/test.de --ref work/data/raw/test.en \
+        --json results/eval/teacher/test.ct2-int8.json
+    (the same measurements with CTranslate2; the source as spm pieces or raw text, not a binarised split;
+    the JSON adds "backend" and "compute_type"; model_size holds model.bin's bytes and weight type)
+
 Hypotheses are SentencePiece-decoded and Moses-detokenised, then scored by sacreBLEU against the
 raw (unnormalised) reference, as anyone would score a system's plain-text output; the JSON keeps
 sacreBLEU's signatures. Speed is measured after a warm-up batch, with the batch settings, threads
@@ -25,6 +31,7 @@ from typing import Any
 import torch
 from sacrebleu.metrics import BLEU, CHRF
 
+from pipeline import ct2
 from pipeline.cli import run
 from pipeline.corpus import CorpusError, read_lines, write_lines
 from pipeline.decode import (
@@ -71,7 +78,12 @@ def evaluate_mode(
     lm: LoadedModel, dataset, codec: TextCodec, refs: list[str], gen: GenerationSettings, batch: BatchSettings,
     hyp_path: Path,
 ) -> dict[str, Any]:
-    decoded = decode_dataset(lm, dataset, gen, batch, warmup=True)
+    return mode_result(decode_dataset(lm, dataset, gen, batch, warmup=True), codec, refs, gen, batch, hyp_path)
+
+
+def mode_result(decoded, codec, refs: list[str], gen: GenerationSettings, batch: BatchSettings,
+                hyp_path: Path) -> dict[str, Any]:
+    """Scores and speed of one decoding pass (either backend's Decoded); hypotheses written as plain text."""
     hyps = [codec.decode(nbest[0].tokens) for nbest in decoded.hypotheses]
     write_lines(hyp_path, hyps)
     stats = decoded.stats
@@ -85,14 +97,59 @@ def evaluate_mode(
     }
 
 
+def evaluate_ct2(args: argparse.Namespace, refs: list[str], hyp_paths: dict[str, Path]) -> dict[str, Any]:
+    """The evaluation with the CTranslate2 backend: same measurements, same JSON layout as fairseq's."""
+    if args.split:
+        raise CorpusError("--backend ctranslate2 reads text, not a binarised split: give --src-pieces or --src-text")
+    model = ct2.load_from_args(args, threads=args.threads)
+    meta = model.meta
+    spm = Path(args.spm) if args.spm else model.spm_model
+    if spm is None:
+        raise CorpusError(f"{model.path}: no {ct2.SPM} in the model directory: pass --spm")
+    src, tgt = meta.get("source_lang"), meta.get("target_lang")
+    if src is None or tgt is None:
+        raise CorpusError(f"{model.path}: no {ct2.META} naming the languages (convert with pipeline.ct2)")
+    codec = ct2.TextCodec(spm, src, tgt, normalize=not args.no_normalize, detokenize=not args.no_detok)
+    if args.src_pieces:
+        lines, source_desc = read_lines(args.src_pieces), str(args.src_pieces)
+    else:
+        lines, source_desc = [codec.encode(line) for line in read_lines(args.src_text)], str(args.src_text)
+    if len(refs) != len(lines):
+        raise CorpusError(f"{args.ref}: {len(refs)} reference lines but the source ({source_desc}) has {len(lines)}")
+    result: dict[str, Any] = {
+        "model": args.name or Path(meta.get("checkpoint", model.path)).parent.name,
+        "checkpoint": meta.get("checkpoint", str(model.path)),
+        "backend": "ctranslate2",
+        "compute_type": model.requested_compute_type,  # as asked (runtime.compute_type: as run)
+        "ct2_model": str(model.path),
+        "set": args.set_name,
+        "source": source_desc,
+        "reference": str(args.ref),
+        "src": src,
+        "tgt": tgt,
+        "sentences": len(refs),
+        "runtime": model.runtime_info(),
+    }
+    batch = BatchSettings(max_tokens=args.max_tokens, batch_size=args.batch_size)
+    for mode in args.modes:
+        beam = args.beam if mode == "beam" else 1
+        gen = GenerationSettings(beam=beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b)
+        decoded = ct2.decode(model, lines, gen, batch, warmup=True)
+        result[mode] = mode_result(decoded, codec, refs, gen, batch, hyp_paths[mode])
+    model_bin = model.path / "model.bin"
+    result["model_size"] = {"model_bin_bytes": model_bin.stat().st_size, "weights": meta.get("quantization")}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="fairseq checkpoint")
+    parser.add_argument("--model", type=Path, help="fairseq checkpoint (required with --backend fairseq)")
     parser.add_argument("--name", help="model name for the report (default: the checkpoint's directory name)")
     parser.add_argument("--set", dest="set_name", required=True, help="evaluation set name for the report")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--split", help="binarised split of --data: dev, test (or fairseq's valid, test)")
     source.add_argument("--src-text", type=Path, help="raw source text (normalised and spm-encoded here)")
+    source.add_argument("--src-pieces", type=Path, help="spm-encoded source text (as the data stage wrote it)")
     parser.add_argument("--ref", type=Path, required=True, help="raw reference text")
     parser.add_argument("--data", help="binarised data / dictionaries (default: from the checkpoint)")
     parser.add_argument("--spm", help="SentencePiece model (default: found from the data directory)")
@@ -111,17 +168,35 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--cpu", action="store_true", help="decode on CPU even if CUDA is available")
     parser.add_argument("--fp16", action="store_true", help="half precision (CUDA only)")
+    ct2.add_backend_arguments(parser)
     args = parser.parse_args()
 
+    started = time.time()
+    hyp_paths = {
+        "beam": args.beam_hyps or args.json.with_suffix(".beam.txt"),
+        "greedy": args.greedy_hyps or args.json.with_suffix(".greedy.txt"),
+    }
+    if args.backend == "ctranslate2":
+        result = evaluate_ct2(args, read_lines(args.ref), hyp_paths)
+        result["seconds_total"] = time.time() - started
+        write_lines(args.json, [json.dumps(result, indent=2)])
+        for mode in args.modes:
+            log.info("%s %s %s (ctranslate2 %s): %s | %s", result["model"], args.set_name, mode, result["compute_type"],
+                     result[mode]["bleu"]["text"], result[mode]["chrf"]["text"])
+        return
+    if args.model is None:
+        raise CorpusError("--model CHECKPOINT is required with --backend fairseq")
     if args.threads:
         torch.set_num_threads(args.threads)
-    started = time.time()
     lm = load_model(args.model, data_dir=args.data, cpu=args.cpu, fp16=args.fp16)
     codec = TextCodec(find_spm(lm, args.spm), lm.source_lang, lm.target_lang,
                       normalize=not args.no_normalize, detokenize=not args.no_detok)
     if args.split:
         dataset = split_dataset(lm, FAIRSEQ_SPLIT.get(args.split, args.split))
         source_desc = f"{lm.data_dir} split {args.split}"
+    elif args.src_pieces:
+        dataset = lines_dataset(lm, read_lines(args.src_pieces))
+        source_desc = str(args.src_pieces)
     else:
         dataset = lines_dataset(lm, [codec.encode(line) for line in read_lines(args.src_text)])
         source_desc = str(args.src_text)
@@ -130,10 +205,6 @@ def main() -> None:
         raise CorpusError(f"{args.ref}: {len(refs)} reference lines but the source ({source_desc}) has {len(dataset)}")
 
     batch = BatchSettings(max_tokens=args.max_tokens, batch_size=args.batch_size)
-    hyp_paths = {
-        "beam": args.beam_hyps or args.json.with_suffix(".beam.txt"),
-        "greedy": args.greedy_hyps or args.json.with_suffix(".greedy.txt"),
-    }
     result: dict[str, Any] = {
         "model": args.name or args.model.parent.name,
         "checkpoint": str(args.model),

@@ -151,7 +151,7 @@ rule export_model:
         decoding=eval_ct2_decoding_args(),
         fairseq_eval=lambda wildcards, input: f"--fairseq-eval {input.fairseq_eval}" if "fairseq_eval" in input.keys() else "",
         quantization=CT2_EXPORT.get("quantization", "int8"),
-        compute_types=" ".join(CT2_EXPORT.get("compute_types", ["int8", "auto"])),
+        compute_types=" ".join(CT2_EXPORT.get("compute_types", ["auto", "float32"])),
     log:
         "logs/export/{model}.log",
     benchmark:

@@ -1,0 +1,227 @@
+"""Benchmark: CTranslate2 vs fairseq-generate decoding, same teacher, same sentences, same beam, one run.
+
+    python -m pipeline.benchmarks.ct2_vs_fairseq --model work/models/teacher/model.pt \
+        --src work/data/spm/train.de --n 5000 --beam 5 [--threads 2] [--json results/benchmarks/ct2.json]
+    python -m pipeline.benchmarks.ct2_vs_fairseq --model CKPT --src SPM_TRAIN --quick     # seconds
+
+1. fairseq (pipeline.decode, as the distillation shards and the evaluation run it) decodes the
+   first --n training sentences with the torch thread count that was fastest on the tuning
+   sentences (1 or --threads: on a loaded machine one thread can beat two): the reference speed
+   and hypotheses.
+2. The checkpoint is converted once (float32 weights); on the first --tune-n sentences the batch
+   size in padded source tokens and the split of the threads into inter_threads x intra_threads
+   are tuned for each compute type, plus one run without sorting by length at the best setting.
+3. Each compute type decodes the same --n sentences with its best setting: speed ratio against
+   fairseq, share of best hypotheses identical to fairseq's, and (4) BLEU on the test set
+   (--test-src spm pieces, --test-ref raw reference; default: test.* beside --src and ../raw) for
+   fairseq and each compute type, with the loss against fairseq. "identical" counts best
+   hypotheses equal to fairseq's; "uncapped" only among sentences where neither backend's
+   hypothesis reached the sentence's own length cap (a capped, looping hypothesis depends on the
+   batch's longest source, i.e. on the batch size, in both backends).
+The fastest compute type is the one `auto` should pick on this device (pipeline.ct2.DEFAULT_COMPUTE_TYPE).
+The speeds exclude model loading and a warm-up batch. The machine's load average is printed: on a
+shared machine the ratios, measured minutes apart, are only as steady as the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline import ct2
+from pipeline.corpus import CorpusError, read_lines
+
+log = logging.getLogger("pipeline.benchmarks.ct2_vs_fairseq")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser.add_argument("--model", type=Path, required=True, help="fairseq checkpoint (the teacher)")
+    parser.add_argument("--data", type=Path, help="dictionaries (default: from the checkpoint)")
+    parser.add_argument("--src", type=Path, required=True, help="spm-encoded training source (work/data/spm/train.de)")
+    parser.add_argument("--n", type=int, help="sentences decoded by every backend (default 5000; --quick 200)")
+    parser.add_argument("--tune-n", type=int, help="sentences for the tuning runs (default 500; --quick 100)")
+    parser.add_argument("--test-src", type=Path, help="spm-encoded test source (default: test.<lang> beside --src)")
+    parser.add_argument("--test-ref", type=Path, help="raw test reference (default: ../raw/test.<tgt> of --src's directory)")
+    parser.add_argument("--test-n", type=int, help="test sentences (default: all; --quick 100)")
+    parser.add_argument("--spm", type=Path, help="SentencePiece model (default: found from the data directory)")
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--lenpen", type=float, default=1.0)
+    parser.add_argument("--max-len-a", type=float, default=1.2)
+    parser.add_argument("--max-len-b", type=int, default=10)
+    parser.add_argument("--fairseq-max-tokens", type=int, default=6000, help="fairseq's batch (its fastest measured here)")
+    parser.add_argument("--threads", type=int, default=None, help="threads for every backend (default: all cores)")
+    parser.add_argument("--compute-types", nargs="+", help="default: every type this device supports (--quick: float32 int8)")
+    parser.add_argument("--max-tokens", type=int, nargs="+", help="CTranslate2 batch sizes tried (default 1000 2000 4000)")
+    parser.add_argument("--json", type=Path, help="write every measurement here")
+    parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds on a tiny model)")
+    args = parser.parse_args(argv)
+    args.n = args.n or (200 if args.quick else 5000)
+    args.tune_n = min(args.tune_n or (100 if args.quick else 500), args.n)
+    args.test_n = args.test_n or (100 if args.quick else None)
+    args.threads = args.threads or os.cpu_count() or 1
+    args.max_tokens = args.max_tokens or ([1000, 4000] if args.quick else [1000, 2000, 4000])
+    return args
+
+
+def load_avg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def thread_splits(threads: int) -> list[tuple[int, int]]:
+    """Every inter x intra with inter * intra == threads (1 x N ... N x 1)."""
+    return [(inter, threads // inter) for inter in range(1, threads + 1) if threads % inter == 0]
+
+
+def bleu(hyps: list[str], refs: list[str]) -> float:
+    from sacrebleu.metrics import BLEU
+
+    return BLEU().corpus_score(hyps, [refs]).score
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    import torch
+
+    from pipeline.decode import (
+        BatchSettings,
+        GenerationSettings,
+        TextCodec,
+        decode_dataset,
+        find_spm,
+        lines_dataset,
+        load_model,
+    )
+
+    torch.set_num_threads(args.threads)
+    lines = read_lines(args.src)[: args.n]
+    if len(lines) < args.n:
+        raise CorpusError(f"{args.src}: {len(lines)} lines, fewer than --n {args.n}")
+    lm = load_model(args.model, data_dir=args.data, cpu=True)
+    lang = args.src.name.rsplit(".", 1)[-1]
+    test_src = args.test_src or args.src.with_name(f"test.{lang}")
+    test_ref = args.test_ref or args.src.parent.parent / "raw" / f"test.{lm.target_lang}"
+    test_lines, refs = read_lines(test_src)[: args.test_n], read_lines(test_ref)[: args.test_n]
+    if len(test_lines) != len(refs):
+        raise CorpusError(f"{test_ref}: {len(refs)} lines but {test_src} has {len(test_lines)}")
+    codec = TextCodec(find_spm(lm, args.spm), lm.source_lang, lm.target_lang, normalize=False)
+    gen = GenerationSettings(beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b)
+    device = ct2.pick_device()
+    supported = ct2.ctranslate2.get_supported_compute_types(device)
+    types = args.compute_types or (["float32", "int8"] if args.quick else
+                                   [t for t in ("float32", "float16", "bfloat16", "int8_float16", "int8_float32", "int8", "int16")
+                                    if t in supported])
+    report: dict[str, Any] = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                              "device": device, "load_avg_start": load_avg()}
+    print(f"{args.model}: {args.n} sentences of {args.src}, beam {args.beam}, {args.threads} threads, device {device}; "
+          f"load average {report['load_avg_start']}", flush=True)
+
+    # 1. fairseq, with its faster thread count
+    fs_batch = BatchSettings(max_tokens=args.fairseq_max_tokens)
+    fs_trials = {}
+    for threads in sorted({1, args.threads}):
+        torch.set_num_threads(threads)
+        fs_trials[threads] = decode_dataset(lm, lines_dataset(lm, lines[: args.tune_n]), gen, fs_batch,
+                                            warmup=True).stats.sentences_per_s
+    fs_threads = max(fs_trials, key=fs_trials.__getitem__)
+    torch.set_num_threads(fs_threads)
+    print("  fairseq tuning (torch threads: sent/s): " + ", ".join(f"{t}: {v:.1f}" for t, v in fs_trials.items()),
+          flush=True)
+    fs = decode_dataset(lm, lines_dataset(lm, lines), gen, fs_batch, warmup=True)
+    fs_best = [n[0].tokens for n in fs.hypotheses]
+    fs_test = decode_dataset(lm, lines_dataset(lm, test_lines), gen, fs_batch, warmup=True)
+    fs_bleu = bleu([codec.decode(n[0].tokens) for n in fs_test.hypotheses], refs)
+    report["fairseq"] = {"speed": fs.stats.as_dict(), "test_bleu": fs_bleu, "max_tokens": args.fairseq_max_tokens,
+                         "threads": fs_threads, "trials": fs_trials}
+    src_len = [len(line.split()) + 1 for line in lines]
+    cap = [int(args.max_len_a * n + args.max_len_b) for n in src_len]  # a sentence's own cap (its batch's is >=)
+    fs_capped = [n[0].length >= c for n, c in zip(fs.hypotheses, cap, strict=True)]
+    print(f"fairseq: {fs.stats.sentences_per_s:.1f} sent/s ({fs.stats.seconds:.1f} s), test BLEU {fs_bleu:.2f}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="ct2_bench_") as tmp:
+        began = time.perf_counter()
+        model_dir = ct2.convert(lm.path, Path(tmp) / "model", data_dir=lm.data_dir, spm=args.spm)
+        report["conversion_seconds"] = time.perf_counter() - began
+        tune = lines[: args.tune_n]
+        results: dict[str, Any] = {}
+        for ctype in types:
+            actual = ct2.load(model_dir, compute_type=ctype, inter_threads=1, intra_threads=1).compute_type
+            if actual != ctype and actual in types:  # e.g. int8 runs as int8_float32 on a CPU
+                print(f"  {ctype}: runs as {actual} on {device}: measured under that name", flush=True)
+                continue
+            # 2. tuning on the first tune_n sentences
+            trials = []
+            for inter, intra in thread_splits(args.threads):
+                model = ct2.load(model_dir, compute_type=ctype, inter_threads=inter, intra_threads=intra)
+                for max_tokens in args.max_tokens:
+                    stats = ct2.decode(model, tune, gen, ct2.BatchSettings(max_tokens=max_tokens), warmup=True).stats
+                    trials.append({"inter": inter, "intra": intra, "max_tokens": max_tokens, "sorted": True,
+                                   "sentences_per_s": stats.sentences_per_s})
+                del model
+            best = max(trials, key=lambda t: t["sentences_per_s"])
+            model = ct2.load(model_dir, compute_type=ctype, inter_threads=best["inter"], intra_threads=best["intra"])
+            batch = ct2.BatchSettings(max_tokens=best["max_tokens"])
+            stats = ct2.decode(model, tune, gen, batch, warmup=True, sort=False).stats
+            trials.append({**best, "sorted": False, "sentences_per_s": stats.sentences_per_s})
+            tried = ", ".join(f"{t['inter']}x{t['intra']}/{t['max_tokens']}{'' if t['sorted'] else '/unsorted'}: "
+                              f"{t['sentences_per_s']:.0f}" for t in trials)
+            print(f"  {ctype} tuning ({args.tune_n} sentences, inter x intra / max tokens: sent/s): {tried}", flush=True)
+            # 3. the full run with the best setting; 4. test BLEU
+            full = ct2.decode(model, lines, gen, batch, warmup=True)
+            same = [a == n[0].tokens for a, n in zip(fs_best, full.hypotheses, strict=True)]
+            identical = sum(same) / len(lines)
+            free = [i for i, n in enumerate(full.hypotheses) if not fs_capped[i] and n[0].length < cap[i]]
+            identical_uncapped = sum(same[i] for i in free) / len(free) if free else float("nan")
+            test = ct2.decode(model, test_lines, gen, batch, warmup=True)
+            test_bleu = bleu([codec.decode(n[0].tokens) for n in test.hypotheses], refs)
+            results[ctype] = {
+                "best": best, "trials": trials, "speed": full.stats.as_dict(),
+                "ratio": full.stats.sentences_per_s / fs.stats.sentences_per_s,
+                "identical_to_fairseq": identical, "identical_uncapped": identical_uncapped, "uncapped": len(free),
+                "test_bleu": test_bleu, "bleu_loss": fs_bleu - test_bleu,
+            }
+            r = results[ctype]
+            print(f"  {ctype}: {full.stats.sentences_per_s:.1f} sent/s = {r['ratio']:.2f}x fairseq; identical "
+                  f"{identical:.1%} ({identical_uncapped:.1%} of {len(free)} uncapped); test BLEU {test_bleu:.2f} "
+                  f"(loss {r['bleu_loss']:+.2f})", flush=True)
+            del model
+    report["ctranslate2"] = results
+    report["load_avg_end"] = load_avg()
+
+    print()
+    print(f"Same teacher, same {args.n} sentences, beam {args.beam}, {args.threads} threads on {device}; "
+          f"test BLEU on {len(test_lines)} sentences; load average {report['load_avg_start']} -> {report['load_avg_end']}")
+    print(f"fairseq hypotheses at their length cap: {sum(fs_capped)} of {len(lines)}")
+    print("| decoder | best setting | sent/s | ratio vs fairseq | identical | identical, uncapped | test BLEU | loss |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| fairseq | torch {fs_threads} thread(s), {args.fairseq_max_tokens} tokens | {fs.stats.sentences_per_s:.1f} "
+          f"| 1.00x | 100% | 100% | {fs_bleu:.2f} | - |")
+    for ctype, r in results.items():
+        b = r["best"]
+        print(f"| ct2 {ctype} | {b['inter']}x{b['intra']} threads, {b['max_tokens']} tokens "
+              f"| {r['speed']['sentences_per_s']:.1f} | {r['ratio']:.2f}x | {r['identical_to_fairseq']:.1%} "
+              f"| {r['identical_uncapped']:.1%} | {r['test_bleu']:.2f} | {r['bleu_loss']:+.2f} |")
+    fastest = max(results, key=lambda t: results[t]["speed"]["sentences_per_s"])
+    current = ct2.DEFAULT_COMPUTE_TYPE[device]
+    print(f"fastest compute type on {device}: {fastest} (pipeline.ct2.DEFAULT_COMPUTE_TYPE['{device}'] = {current}"
+          f"{'' if fastest == current else ': update it'}); conversion {report['conversion_seconds']:.1f} s")
+    report["fastest"] = fastest
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

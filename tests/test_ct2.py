@@ -1,0 +1,290 @@
+"""The CTranslate2 backend: conversion, fairseq-faithful decoding, the exported student without fairseq,
+the CTranslate2 evaluation through the Snakefile, and (once wired) the distillation with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, SNAKEMAKE, write_config
+
+from pipeline import ct2
+from pipeline.corpus import CorpusError, read_lines
+
+FAST = dict(max_len_a=1.2, max_len_b=10)
+
+
+def run_stage(module: str, *args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", module, *args], input=stdin, text=True, capture_output=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def data(smoke_data) -> Path:
+    return smoke_data / "work" / "data"
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_teacher, data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ct2") / "teacher"
+    ct2.convert(tiny_teacher, out, data_dir=data / "bin", spm=data / "spm" / "spm.model")
+    return out
+
+
+@pytest.fixture(scope="module")
+def fairseq_teacher(tiny_teacher):
+    from pipeline.decode import load_model
+
+    return load_model(tiny_teacher, cpu=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pure functions
+
+
+def test_batches_are_formed_as_fairseq_forms_them():
+    lengths = [5, 3, 9, 3, 4, 9, 2]
+    batches = ct2.make_batches(lengths, ct2.BatchSettings(max_tokens=12))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert [[lengths[i] for i in b] for b in batches] == [[2, 3, 3], [4, 5], [9], [9]]  # padded size <= 12
+    assert ct2.make_batches(lengths, ct2.BatchSettings(max_tokens=None, batch_size=3)) == [[6, 1, 3], [4, 0, 2], [5]]
+    assert ct2.make_batches([], ct2.BatchSettings()) == []
+    assert ct2.make_batches([50], ct2.BatchSettings(max_tokens=10)) == [[0]]  # too long alone: its own batch
+
+
+def test_compute_types_and_threads():
+    assert ct2.resolve_compute_type("auto", "cpu") == ct2.DEFAULT_COMPUTE_TYPE["cpu"]
+    assert ct2.resolve_compute_type("cpu=int8,cuda=float16", "cpu") == "int8"
+    assert ct2.resolve_compute_type("float32", "cpu") == "float32"
+    with pytest.raises(CorpusError, match="not supported on cpu"):
+        ct2.resolve_compute_type("float16", "cpu")
+    with pytest.raises(CorpusError, match="DEVICE=TYPE"):
+        ct2.resolve_compute_type("tpu=int8", "cpu")
+    assert ct2.split_threads(4, device="cuda") == (1, 4)
+    assert ct2.split_threads(4) == ((4, 1) if ct2.DEFAULT_INTER_THREADS == "all" else (1, 4))
+    assert ct2.split_threads(4, inter=2) == (2, 2)
+    assert ct2.split_threads(4, intra=1) == (4, 1)
+    assert ct2.split_threads(4, 3, 3) == (3, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Conversion and decoding against fairseq
+
+
+def test_conversion_writes_a_self_contained_directory(converted):
+    for name in ("model.bin", "config.json", ct2.SPM, ct2.META):
+        assert (converted / name).is_file(), name
+    meta = json.loads((converted / ct2.META).read_text())
+    assert meta["source_lang"] == "de" and meta["target_lang"] == "en" and meta["quantization"] == "float32"
+    assert json.loads((converted / "config.json").read_text())["layer_norm_epsilon"] == pytest.approx(1e-5)
+    assert not list(converted.parent.glob(".*tmp*"))  # the temporary directory is gone
+
+
+def test_float32_greedy_matches_fairseq_token_for_token(converted, fairseq_teacher, data):
+    from pipeline.decode import GenerationSettings, decode_lines
+
+    lines = read_lines(data / "spm" / "test.de")[:8]
+    gen = GenerationSettings(beam=1, **FAST)
+    expected = decode_lines(fairseq_teacher, lines, gen)
+    model = ct2.load(converted, compute_type="float32", threads=1)
+    got = ct2.decode_lines(model, lines, gen)
+    assert [n[0].tokens for n in got] == [n[0].tokens for n in expected]
+    assert [n[0].length for n in got] == [n[0].length for n in expected]
+    # fairseq's score convention, forced EOS at the length cap included (see pipeline.ct2 for what remains)
+    for g, e in zip(got, expected, strict=True):
+        assert g[0].score == pytest.approx(e[0].score, abs=0.05)
+
+
+def test_nbest_lists_come_back_in_input_order(converted, data):
+    from pipeline.decode import BatchSettings, GenerationSettings
+
+    lines = read_lines(data / "spm" / "train.de")[:40]
+    # a fixed length cap: with max_len_a > 0 the cap is the batch's (as in fairseq), so other batches can change outputs
+    gen = GenerationSettings(beam=3, nbest=3, max_len_a=0, max_len_b=20)
+    batch = BatchSettings(max_tokens=150)  # several batches, decoded concurrently
+    model = ct2.load(converted, compute_type="float32", threads=2, inter_threads=2)
+    forward = ct2.decode(model, lines, gen, batch)
+    assert forward.stats.batches > 3 and forward.stats.sentences == len(lines)
+    assert len(forward.hypotheses) == len(lines)
+    for nbest in forward.hypotheses:
+        assert len(nbest) == 3
+        assert [h.score for h in nbest] == sorted((h.score for h in nbest), reverse=True)
+        assert all(h.length == len(h.tokens.split()) for h in nbest)
+    backward = ct2.decode_lines(model, lines[::-1], gen, batch)
+    assert [n[0].tokens for n in backward[::-1]] == [n[0].tokens for n in forward.hypotheses]
+    assert ct2.decode_lines(model, [], gen) == []
+
+
+def test_not_a_model_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(CorpusError, match="no model.bin"):
+        ct2.load(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# The exported student: translation without fairseq (and without torch)
+
+NO_FAIRSEQ = """
+import runpy, sys
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("fairseq", "torch"):
+            raise ImportError(f"blocked in this test: {name}")
+sys.meta_path.insert(0, Blocked())
+sys.argv = ["translate", *sys.argv[1:]]
+try:
+    runpy.run_module("pipeline.translate", run_name="__main__")
+finally:
+    loaded = [m for m in ("fairseq", "torch") if m in sys.modules]
+    print("LOADED:", loaded, file=sys.stderr)
+"""
+
+
+def test_exported_student_translates_raw_text_without_fairseq(tiny_teacher, data, tmp_path):
+    out = tmp_path / "export" / "teacher"
+    proc = run_stage(
+        "pipeline.export", "--model", str(tiny_teacher), "--name", "teacher", "--out", str(out),
+        "--data", str(data / "bin"), "--spm", str(data / "spm" / "spm.model"),
+        "--src-pieces", str(data / "spm" / "test.de"), "--ref", str(data / "raw" / "test.en"),
+        "--beam", "2", "--max-tokens", "2000", "--threads", "1", "--compute-types", "int8", "float32",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((out / ct2.META).read_text())
+    assert meta["quantization"] == "int8" and meta["name"] == "teacher"
+    assert set(meta["evaluation"]["ctranslate2"]) == {"int8", "float32"}
+    readme = (out / "README.md").read_text()
+    assert "BLEU" in readme and "sentences/s" in readme and "| CTranslate2 int8 " in readme
+
+    moved = tmp_path / "elsewhere"  # self-contained: nothing outside the directory is needed
+    shutil.move(out, moved)
+    shutil.rmtree(tmp_path / "export")
+    source = ["Ein Mann fährt mit dem Fahrrad.", "", *read_lines(data / "raw" / "test.de")[:3]]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", NO_FAIRSEQ, "--model", str(moved), "--beam", "2"],
+                          input="\n".join(source) + "\n", text=True, capture_output=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "LOADED: []" in proc.stderr
+    lines = proc.stdout.split("\n")
+    assert lines[-1] == "" and len(lines) - 1 == len(source)
+    assert lines[1] == ""
+    for line in lines[:1] + lines[2:-1]:
+        assert line.strip() and "▁" not in line and "</s>" not in line
+
+
+# ------------------------------------------------------------------------------------------------
+# Through the Snakefile (a copy with pipeline/rules/ct2.smk included, as long as the real one lacks it)
+
+
+def snakefile_with_ct2(tmp_path: Path) -> Path:
+    text = (REPO / "Snakefile").read_text()
+    if "pipeline/rules/ct2.smk" in text:
+        return REPO / "Snakefile"
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(".venv", ".git", "work", "results", "logs", "benchmarks",
+                                                              "export", "__pycache__", ".snakemake", ".pytest_cache"))
+    anchor = 'include: "pipeline/rules/evaluate.smk"\n'
+    assert anchor in text
+    (repo / "Snakefile").write_text(text.replace(anchor, anchor + 'include: "pipeline/rules/ct2.smk"\n', 1))
+    return repo / "Snakefile"
+
+
+def run_snakefile(snakefile: Path, workdir: Path, *args: str, config: Path) -> subprocess.CompletedProcess:
+    cmd = [*SNAKEMAKE, *args, "-s", str(snakefile), "--directory", str(workdir), "--cores", "2",
+           "--configfile", str(config)]
+    env = dict(os.environ, PYTHONPATH=str(snakefile.parent))
+    proc = subprocess.run(cmd, cwd=workdir, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    return proc
+
+
+def workdir_with_teacher(smoke_data: Path, tiny_teacher: Path, workdir: Path) -> Path:
+    shutil.copytree(smoke_data, workdir, symlinks=True)
+    teacher = workdir / "work/models/teacher/model.pt"
+    teacher.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tiny_teacher, teacher)
+    now = time.time() + 1  # newer than every data output: never retrained
+    os.utime(teacher, (now, now))
+    return workdir
+
+
+def test_ct2_evaluation_and_export_through_the_snakefile(smoke_data, tiny_teacher, tmp_path):
+    snakefile = snakefile_with_ct2(tmp_path)
+    workdir = workdir_with_teacher(smoke_data, tiny_teacher, tmp_path / "run")
+    config = write_config(workdir, {
+        "evaluate": {"backends": ["fairseq", "ctranslate2"], "max_len_a": 0, "max_len_b": 8},
+        "ct2": {"evaluate_compute_types": ["float32", "int8"], "export": {"models": ["teacher"]}},
+        "resources": {"evaluate": {"threads": 1, "gpus": 0}},
+    })
+    dry = run_snakefile(snakefile, workdir, "-n", "export", "evaluate", config=config).stdout
+    for rule in ("ct2_convert", "evaluate_model_ct2", "export_model", "evaluate_model"):
+        assert rule in dry, rule
+    assert "results/eval/teacher/test.ct2-int8.json" in dry and "export/teacher" in dry
+    target = "results/eval/teacher/test.ct2-int8.json"
+    run_snakefile(snakefile, workdir, target, "--allowed-rules", "ct2_convert", "evaluate_model_ct2", config=config)
+    result = json.loads((workdir / target).read_text())
+    assert result["backend"] == "ctranslate2" and result["compute_type"] == "int8"
+    assert result["sentences"] == len(read_lines(workdir / "work/data/raw/test.en"))
+    for mode in ("beam", "greedy"):
+        assert result[mode]["bleu"]["signature"].startswith("nrefs:1")
+        assert result[mode]["speed"]["sentences_per_s"] > 0
+        assert len(read_lines(workdir / result[mode]["hypotheses"])) == result["sentences"]
+    assert result["runtime"]["device"] == "cpu"
+    assert (workdir / "work/ct2/teacher/model.bin").is_file()
+    assert (workdir / "logs/ct2/convert.teacher.log").is_file()
+    assert (workdir / "benchmarks/eval/teacher.test.ct2-int8.tsv").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# Distillation with backend ctranslate2 (turns on once pipeline.distill.decode_shard has --backend)
+
+
+def distill_supports_backend() -> bool:
+    proc = subprocess.run([sys.executable, "-m", "pipeline.distill.decode_shard", "--help"], text=True,
+                          capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    return proc.returncode == 0 and "--backend" in proc.stdout
+
+
+DISTILL_RULES = ["ct2_convert", "distill_decode_shard", "distill_assemble", "distill_binarize", "distill"]
+DISTILL_CONFIG = {
+    "resources": {"distill": {"threads": 1, "gpus": 0}},
+    "distill": {
+        "max_len_a": 1.0,
+        "max_len_b": 2,
+        "filters": {"min_length_ratio": 0.0, "max_length_ratio": 100.0, "max_repeat": 1000},
+    },
+}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not distill_supports_backend(), reason="pipeline.distill.decode_shard has no --backend yet")
+def test_distillation_with_ctranslate2_yields_the_same_pairs_in_the_same_order(smoke_data, tiny_teacher, tmp_path):
+    snakefile = snakefile_with_ct2(tmp_path)
+    runs = {}
+    for backend in ("fairseq", "ctranslate2"):
+        workdir = workdir_with_teacher(smoke_data, tiny_teacher, tmp_path / backend)
+        config = write_config(workdir, {**DISTILL_CONFIG, "distill": {**DISTILL_CONFIG["distill"], "backend": backend}})
+        run_snakefile(snakefile, workdir, "distill", "--allowed-rules", *DISTILL_RULES, config=config)
+        runs[backend] = workdir
+    fs, c2 = runs["fairseq"], runs["ctranslate2"]
+    assert (c2 / "work/ct2/teacher/model.bin").is_file() and not (fs / "work/ct2").exists()
+    ids = read_lines(fs / "work/data/clean/train.ids")
+    for rel in ("work/distill/train.ids", "work/distill/train.de"):
+        assert read_lines(c2 / rel) == read_lines(fs / rel), rel
+    assert read_lines(c2 / "work/distill/train.ids") == ids
+    assert len(read_lines(c2 / "work/distill/train.en")) == len(read_lines(fs / "work/distill/train.en")) == len(ids)
+    shards = sorted(p.name for p in (fs / "work/distill/shards").iterdir())
+    assert sorted(p.name for p in (c2 / "work/distill/shards").iterdir()) == shards
+    for name in shards:
+        a = [json.loads(line) for line in read_lines(fs / "work/distill/shards" / name)]
+        b = [json.loads(line) for line in read_lines(c2 / "work/distill/shards" / name)]
+        assert [r["id"] for r in b] == [r["id"] for r in a]
+        assert [len(r["hyps"]) for r in b] == [len(r["hyps"]) for r in a]
+    stats = {k: json.loads((w / "results/distill/stats.json").read_text()) for k, w in runs.items()}
+    assert stats["ctranslate2"]["pairs_out"] == stats["fairseq"]["pairs_out"] == len(ids)

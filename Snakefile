@@ -36,6 +36,7 @@ FAIRSEQ_SPLIT = {"train": "train", "dev": "valid", "test": "test"}
 include: "pipeline/rules/data.smk"
 include: "pipeline/rules/train.smk"
 include: "pipeline/rules/evaluate.smk"
+include: "pipeline/rules/ct2.smk"
 include: "pipeline/rules/distill.smk"
 include: "pipeline/rules/report.smk"
 

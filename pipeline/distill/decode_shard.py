@@ -19,6 +19,7 @@ import logging
 import time
 from pathlib import Path
 
+from pipeline import ct2
 from pipeline.cli import run
 from pipeline.corpus import CorpusError, read_lines
 from pipeline.distill.shards import Hyp, NBest, read_ids, shard_filename, shard_range, write_shard
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--fp16", action="store_true", help="half precision (only on CUDA)")
     parser.add_argument("--cpu", action="store_true", help="decode on the CPU even where CUDA exists")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ct2.add_backend_arguments(parser)
     args = parser.parse_args()
 
     if not 0 <= args.shard < args.num_shards:
@@ -78,7 +80,10 @@ def main() -> None:
     gen = GenerationSettings(beam=args.beam, nbest=args.nbest, lenpen=args.lenpen,
                              max_len_a=args.max_len_a, max_len_b=args.max_len_b)
     batch = BatchSettings(max_tokens=args.max_tokens, batch_size=args.batch_size)
-    lm = load_model(args.model, data_dir=args.data, cpu=args.cpu, fp16=args.fp16)
+    if args.backend == "ctranslate2":  # same n-best contract: a backend changes speed, not the data
+        lm, decode_lines = ct2.load_from_args(args, threads=args.threads), ct2.decode_lines
+    else:
+        lm = load_model(args.model, data_dir=args.data, cpu=args.cpu, fp16=args.fp16)
     log.info("%s: decoding %d sentences on %s, %s, %s", where, len(lines), lm.describe_device(), gen, batch)
     began = time.perf_counter()
     nbests = decode_lines(lm, lines, gen, batch)

@@ -45,6 +45,9 @@ def distill_decode_args():
         args.append(f"--batch-size {cfg['batch_size']}")
     if cfg["fp16"]:
         args.append("--fp16")
+    if cfg.get("backend", "fairseq") == "ctranslate2":
+        args.append(f"--backend ctranslate2 --ct2-model work/ct2/{TEACHER}")
+        args.append(ct2_decoding_args(cfg["max_tokens"], cfg["batch_size"]))
     return " ".join(args)
 
 
@@ -69,6 +72,7 @@ rule distill_decode_shard:
         ids="work/data/clean/train.ids",
         model=DISTILL_TEACHER,
         dicts=[f"{BIN_DIR}/dict.{lang}.txt" for lang in LANGS],
+        ct2=[f"work/ct2/{TEACHER}/model.bin"] if DISTILL_CFG.get("backend", "fairseq") == "ctranslate2" else [],
     output:
         DISTILL_SHARD,
     wildcard_constraints:

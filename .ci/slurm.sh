@@ -15,7 +15,7 @@
 # a symlink to etc/slurm.conf (job steps' srun reads that default path; an existing file that is not
 # ours stops `start`), and munged uses the packaged defaults (/etc/munge/munge.key, /run/munge).
 # Accounting is on (slurmdbd + MariaDB) so that `sacct` (the executor plugin's default status command)
-# keeps finished jobs and their requested TRES (gres/gpu included). Facts: /work/shared/docs/slurm-local.md.
+# keeps finished jobs and their requested TRES (gres/gpu included). Facts: ../shared/docs/slurm-local.md (beside the repository).
 set -euo pipefail
 
 STATE=${PIPELINE_SLURM_DIR:-/tmp/pipeline-slurm}

@@ -27,6 +27,7 @@ import torch
 
 from pipeline.corpus import CorpusError
 from pipeline.search import BatchSettings, Decoded, DecodeStats, GenerationSettings, Hypothesis
+from pipeline.spm import TextCodec  # noqa: F401 (API: torch-free, shared by both backends)
 
 log = logging.getLogger("pipeline.decode")
 
@@ -335,38 +336,6 @@ def decode_lines(
 
 # ----------------------------------------------------------------------------------------------
 # Raw text <-> pieces
-
-
-class TextCodec:
-    """Raw text to model input and model output back to plain text, as the data stage does it.
-
-    Source: Moses punctuation normalisation (when the data stage used it), then SentencePiece.
-    Target: SentencePiece decoding, then Moses detokenisation.
-    """
-
-    def __init__(self, spm_model: str | os.PathLike, src: str, tgt: str, normalize: bool = True, detokenize: bool = True):
-        from sacremoses import MosesDetokenizer
-
-        from pipeline import spm
-        from pipeline.normalize import normalizer
-
-        spm_model = Path(spm_model)
-        if not spm_model.is_file():
-            raise CorpusError(f"{spm_model}: no such SentencePiece model")
-        self.sp = spm.load(spm_model)
-        self._normalize = normalizer(src) if normalize else None
-        self._detok = MosesDetokenizer(lang=tgt) if detokenize else None
-
-    def encode(self, line: str) -> str:
-        if self._normalize is not None:
-            line = self._normalize(line)
-        return " ".join(self.sp.encode(line, out_type=str))
-
-    def decode(self, pieces: str) -> str:
-        text = self.sp.decode(pieces.split())
-        if self._detok is not None:
-            text = self._detok.detokenize(text.split())
-        return text
 
 
 def find_spm(lm: LoadedModel, override: str | os.PathLike | None = None) -> Path:

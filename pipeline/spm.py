@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 from pathlib import Path
 
 import sentencepiece as spm
 
 from pipeline.cli import run
-from pipeline.corpus import iter_lines, write_lines
+from pipeline.corpus import CorpusError, iter_lines, write_lines
 
 
 def train(inputs: list[Path], prefix: Path, vocab_size: int, model_type: str, character_coverage: float, threads: int) -> None:
@@ -47,6 +48,37 @@ def encode_line(sp: spm.SentencePieceProcessor, line: str) -> str:
 
 def decode_line(sp: spm.SentencePieceProcessor, line: str) -> str:
     return sp.decode(line.split())
+
+
+class TextCodec:
+    """Raw text to model input and model output back to plain text, as the data stage does it.
+
+    Source: Moses punctuation normalisation (when the data stage used it), then SentencePiece.
+    Target: SentencePiece decoding, then Moses detokenisation.
+    """
+
+    def __init__(self, spm_model: str | os.PathLike, src: str, tgt: str, normalize: bool = True, detokenize: bool = True):
+        from sacremoses import MosesDetokenizer
+
+        from pipeline.normalize import normalizer
+
+        spm_model = Path(spm_model)
+        if not spm_model.is_file():
+            raise CorpusError(f"{spm_model}: no such SentencePiece model")
+        self.sp = load(spm_model)
+        self._normalize = normalizer(src) if normalize else None
+        self._detok = MosesDetokenizer(lang=tgt) if detokenize else None
+
+    def encode(self, line: str) -> str:
+        if self._normalize is not None:
+            line = self._normalize(line)
+        return " ".join(self.sp.encode(line, out_type=str))
+
+    def decode(self, pieces: str) -> str:
+        text = self.sp.decode(pieces.split())
+        if self._detok is not None:
+            text = self._detok.detokenize(text.split())
+        return text
 
 
 def main() -> None:

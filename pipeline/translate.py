@@ -95,11 +95,10 @@ def open_translator(args: argparse.Namespace) -> Translator:
 
 
 def open_codec(translator: Translator, normalize: bool, detokenize: bool) -> Codec:
-    """Raw text <-> pieces as the data stage does it (the CTranslate2 path's copy needs no torch)."""
-    if isinstance(translator, FairseqTranslator):
-        from pipeline.decode import TextCodec
-    else:
-        from pipeline.ct2 import TextCodec  # type: ignore[assignment]
+    """Raw text <-> pieces as the data stage does it (pipeline.spm's codec needs no torch)."""
+    from pipeline.spm import TextCodec
+
+    if not isinstance(translator, FairseqTranslator):
         normalize = normalize and getattr(translator, "normalize", True)
     return TextCodec(translator.spm_model, translator.source_lang, translator.target_lang,
                      normalize=normalize, detokenize=detokenize)

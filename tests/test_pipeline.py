@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import snakemake, write_config
+import yaml
+from conftest import MIRROR, REPO, snakemake, write_config
 
 VARIANT_MODELS = ["teacher", "student_baseline", "student_seq_kd", "student_seq_word_kd_a0.5_t1",
                   "student_word_kd_a0.5_t1"]
@@ -91,3 +92,21 @@ def test_changed_beam_reruns_distillation_and_what_follows_only(smoke_run):
     assert jobs.get("evaluate_model") == 2
     for rule in ("fetch_corpus", "spm_train", "binarize"):
         assert rule not in jobs, jobs
+
+
+def test_gpu_config_plans_the_full_comparison(tmp_path: Path):
+    """config/gpu.yaml validates and plans: IWSLT teacher, every variant, one word-KD student per alpha, ct2 distillation."""
+    cfg = yaml.safe_load((REPO / "config" / "gpu.yaml").read_text())
+    cfg["data"] = {"mirror": str(MIRROR)}
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    dry = snakemake(tmp_path, "-n", "all", config=path).stdout
+    jobs = jobs_in_dry_run(dry)
+    trained = set(re.findall(r"work/models/([^/\s]+)/model\.pt", dry))
+    alphas = ("0.1", "0.5", "0.9")
+    assert trained == {"teacher", "student_baseline", "student_seq_kd",
+                       *(f"student_{v}_a{a}_t1" for v in ("word_kd", "seq_word_kd") for a in alphas)}
+    assert jobs["train_model"] == 9
+    assert jobs["distill_decode_shard"] == 4
+    assert "--preset teacher_iwslt" in dry and "--preset student_gpu" in dry
+    assert "--backend ctranslate2" in dry and "--selection seq_inter" in dry

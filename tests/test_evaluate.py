@@ -60,7 +60,7 @@ def evaluation(tiny_teacher, data, tmp_path_factory) -> dict:
         "--split", "test", "--data", str(data / "bin"), "--ref", str(data / "raw" / "test.en"),
         "--spm", str(data / "spm" / "spm.model"), "--json", str(out / "test.json"),
         "--beam-hyps", str(out / "test.beam.txt"), "--greedy-hyps", str(out / "test.greedy.txt"),
-        *FAST, "--max-tokens", "2000", "--threads", "1", "--cpu",
+        *FAST, "--max-tokens", "2000", "--threads", "1", "--cpu", "--speed-runs", "3",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "test.json").read_text())
@@ -88,6 +88,7 @@ def test_evaluation_json_has_scores_signatures_speed_and_size(evaluation, data):
         assert speed["sentences"] == n_refs and speed["warmup_batches"] == 1
         assert speed["sentences_per_s"] > 0 and speed["target_tokens_per_s"] > 0
         assert speed["max_tokens"] == 2000
+        assert speed["runs"] == 3 and speed["seconds"] == min(speed["run_seconds"])
     assert evaluation["runtime"]["device"] == "cpu" and evaluation["runtime"]["threads"] == 1
     size = evaluation["model_size"]
     assert 0 < size["stripped_checkpoint_bytes"] < size["checkpoint_bytes"]
@@ -209,3 +210,21 @@ def test_checkpoint_trained_with_plugins_elsewhere_loads(tiny_teacher, teacher, 
     assert [n[0].tokens for n in decode_lines(student, lines, FAST_GEN)] == [
         n[0].tokens for n in decode_lines(teacher, lines, FAST_GEN)
     ]
+
+
+def test_fastest_of_keeps_first_hypotheses_and_fastest_timing():
+    from pipeline.evaluate import fastest_of
+    from pipeline.search import Decoded, DecodeStats, Hypothesis
+
+    passes = iter([3.0, 1.5, 2.0])
+
+    def decode():
+        seconds = next(passes)
+        return Decoded(hypotheses=[[Hypothesis(f"pass {seconds}", 0.0, 2)]], stats=DecodeStats(sentences=3, seconds=seconds))
+
+    decoded, seconds = fastest_of(decode, 3)
+    assert seconds == [3.0, 1.5, 2.0]
+    assert decoded.stats.seconds == 1.5 and decoded.stats.sentences_per_s == 2.0
+    assert decoded.hypotheses[0][0].tokens == "pass 3.0"
+    with pytest.raises(CorpusError, match="speed-runs 0"):
+        fastest_of(decode, 0)

@@ -88,6 +88,7 @@ def eval_ct2_decoding_args(compute_type=True):
             f"--beam {EVAL_CFG.get('beam', 5)} --lenpen {EVAL_CFG.get('lenpen', 1.0)}",
             f"--max-len-a {EVAL_CFG.get('max_len_a', 1.2)} --max-len-b {EVAL_CFG.get('max_len_b', 10)}",
             ct2_decoding_args(EVAL_CFG.get("max_tokens", 6000), EVAL_CFG.get("batch_size"), compute_type),
+            f"--speed-runs {EVAL_CFG.get('speed_runs', 3)}",
         ]
     )
 

@@ -75,6 +75,7 @@ def eval_decoding_args():
         args.append(f"--batch-size {EVAL_CFG['batch_size']}")
     if EVAL_CFG.get("fp16", False):
         args.append("--fp16")
+    args.append(f"--speed-runs {EVAL_CFG.get('speed_runs', 3)}")
     return " ".join(args)
 
 

@@ -5,19 +5,28 @@
         [--best-metric loss|bleu] [--average-last N] [--fp16] -- FAIRSEQ_TRAIN_OPTIONS...
 
 Training state lives in --save-dir, which no Snakemake rule declares: a killed or time-limited
-job, rerun, continues from checkpoint_last.pt. The device is chosen here: all visible GPUs
-(distributed training when there are several), else the CPU, with no change to the options.
+job, rerun, continues from checkpoint_last.pt. A rerun resumes only the same run: --save-dir/run.json
+records the model, the options, the training data and the teacher; when any of them changed (a new
+preset, learning rate or criterion, redistilled data, a retrained teacher) the old directory is
+moved to <save-dir>.previous and training starts from scratch. Options that only say how long to
+train or how often to log, validate or save (CONTINUATION_OPTIONS) continue the run: fairseq's
+learning-rate schedule and data order depend on the update count alone. The device is chosen here:
+all visible GPUs (distributed training when there are several), else the CPU, with no change to the
+options (a run may resume on another device).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,6 +39,15 @@ log = logging.getLogger("pipeline.train")
 PLUGINS = Path(__file__).resolve().parent.parent / "fairseq_plugins"
 # fairseq's json log lines: "... | INFO | train_inner | {...}" and "... | INFO | valid | {...}"
 _PROGRESS = re.compile(r"\| (train_inner|train|valid) \| (\{.*\})\s*$")
+RUN_FILE = "run.json"
+# Changing these continues the run in --save-dir instead of starting a new one: how long, how often,
+# on which device, and where the code lives (value-less flags and options with one value alike).
+CONTINUATION_OPTIONS = {
+    "--max-epoch", "--max-update", "--patience", "--log-interval", "--validate-interval-updates",
+    "--save-interval-updates", "--keep-last-epochs", "--keep-interval-updates", "--no-epoch-checkpoints",
+    "--num-workers", "--cpu", "--fp16", "--distributed-world-size", "--save-dir", "--user-dir",
+}
+HASH_LIMIT = 256 * 2**20  # bigger files are identified by size and modification time, not content
 
 
 def device_args(fp16: bool) -> list[str]:
@@ -65,14 +83,90 @@ def fairseq_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
     return cmd + extra
 
 
+def file_identity(path: Path) -> str:
+    """sha256 of the file's content, or its size and mtime when it is too big to hash at every start."""
+    stat = path.stat()
+    if stat.st_size > HASH_LIMIT:
+        return f"size {stat.st_size}, mtime {stat.st_mtime_ns}"
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def option_value(options: list[str], name: str) -> str | None:
+    return options[options.index(name) + 1] if name in options and options.index(name) + 1 < len(options) else None
+
+
+def run_identity(cmd: list[str], data: Path) -> dict[str, Any]:
+    """What makes a run the same run: its options (less CONTINUATION_OPTIONS), data and teacher(s)."""
+    options, rest, i = [], cmd[4:], 0  # cmd[:4]: interpreter, -m, module, data directory
+    while i < len(rest):
+        token = rest[i]
+        takes_value = i + 1 < len(rest) and not rest[i + 1].startswith("--")
+        if token not in CONTINUATION_OPTIONS:
+            options += rest[i:i + 2] if takes_value else [token]
+        i += 2 if takes_value else 1
+    files = sorted(p for p in data.iterdir() if p.is_file() and p.name.split(".")[0] in ("dict", "train", "valid"))
+    teachers = (option_value(cmd, "--teacher-path") or "").split(":")
+    return {
+        "options": options,
+        "data": {p.name: file_identity(p) for p in files},
+        "teachers": {t: file_identity(Path(t)) for t in teachers if t},
+    }
+
+
+def differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """What changed between two run identities, in words for the log."""
+    if old is None:
+        return f"no {RUN_FILE} records its settings"
+    found = []
+    before, after = old.get("options", []), new["options"]
+    if before != after:
+        changed = [t for t in after if t.startswith("--") and option_value(after, t) != option_value(before, t)]
+        changed += [t for t in before if t.startswith("--") and t not in after]
+        found.append("options " + (", ".join(f"{t} {option_value(before, t)} -> {option_value(after, t)}"
+                                              for t in dict.fromkeys(changed)) or "reordered"))
+    if old.get("data") != new["data"]:
+        found.append("training data")
+    if old.get("teachers") != new["teachers"]:
+        found.append("teacher checkpoint")
+    return "; ".join(found)
+
+
+def prepare_save_dir(save_dir: Path, identity: dict[str, Any], metrics: Path) -> None:
+    """Resume the same run, or set an earlier run aside (nothing is deleted but an older .previous)."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    stamp = save_dir / RUN_FILE
+    if (save_dir / "checkpoint_last.pt").exists():
+        try:
+            previous = json.loads(stamp.read_text(encoding="utf-8")) if stamp.exists() else None
+        except json.JSONDecodeError:
+            previous = None
+        if previous == identity:
+            report_resume(save_dir)
+            return
+        backup = save_dir.with_name(save_dir.name + ".previous")
+        if backup.exists():
+            shutil.rmtree(backup)
+        save_dir.rename(backup)
+        if metrics.exists():
+            metrics.rename(backup / "metrics.jsonl")
+        log.warning("%s holds another run (changed: %s): moved to %s; training from scratch", save_dir,
+                    differences(previous, identity), backup)
+        save_dir.mkdir()
+    else:
+        metrics.unlink(missing_ok=True)  # records of a run killed before its first checkpoint
+        log.info("no checkpoint in %s: training from scratch", save_dir)
+    stamp.write_text(json.dumps(identity, indent=1) + "\n", encoding="utf-8")
+
+
 def report_resume(save_dir: Path) -> None:
     last = save_dir / "checkpoint_last.pt"
-    if last.exists():
-        state = checkpoints.load(last)
-        epoch = (state.get("extra_state") or {}).get("train_iterator", {}).get("epoch", "?")
-        log.info("resuming from %s at update %d (epoch %s)", last, checkpoints.num_updates(state), epoch)
-    else:
-        log.info("no checkpoint in %s: training from scratch", save_dir)
+    state = checkpoints.load(last)
+    epoch = (state.get("extra_state") or {}).get("train_iterator", {}).get("epoch", "?")
+    log.info("resuming from %s at update %d (epoch %s)", last, checkpoints.num_updates(state), epoch)
 
 
 def train(cmd: list[str], metrics: Path) -> None:
@@ -123,9 +217,9 @@ def main() -> None:
     extra = args.fairseq_args[1:] if args.fairseq_args[:1] == ["--"] else args.fairseq_args
     if not any(args.data.glob("dict.*.txt")):
         raise CorpusError(f"{args.data}: no binarised data (dict.*.txt missing)")
-    args.save_dir.mkdir(parents=True, exist_ok=True)
-    report_resume(args.save_dir)
-    train(fairseq_command(args, extra), args.metrics)
+    cmd = fairseq_command(args, extra)
+    prepare_save_dir(args.save_dir, run_identity(cmd, args.data), args.metrics)
+    train(cmd, args.metrics)
     finalize(args.save_dir, args.output, args.average_last)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -73,13 +74,56 @@ def test_averaging_last_checkpoints(workdir: Path):
 
 
 def test_changed_training_setting_reruns_teacher_only(workdir: Path):
+    """Longer training continues the run; another learning rate or model starts a new one, setting the old aside."""
     cfg = write_config(workdir, {"train": {"max_update": 20}})
     snakemake(workdir, "teacher", config=cfg)
+    save_dir = workdir / "work/models/teacher/checkpoints"
+    log = workdir / "logs/train/teacher.log"
     cfg = write_config(workdir, {"train": {"max_update": 30}})
     dry = snakemake(workdir, "-n", "teacher", config=cfg).stdout
     assert "train_model" in dry
     for rule in ("fetch_corpus", "spm_train", "binarize"):
         assert f"rule {rule}:" not in dry
+    snakemake(workdir, "teacher", config=cfg)
+    assert "resuming from work/models/teacher/checkpoints/checkpoint_last.pt at update 20" in log.read_text()
+    assert checkpoints.num_updates(checkpoints.load(workdir / "work/models/teacher/model.pt")) == 30
+
+    # another learning rate and another architecture: a new run, from update 0
+    cfg = write_config(workdir, {"train": {"max_update": 30, "lr": 0.002}, "teacher": {"preset": "student_small"}})
+    snakemake(workdir, "teacher", config=cfg)
+    new_log = log.read_text()  # Snakemake starts a job's log afresh
+    assert "holds another run (changed: options" in new_log and "--lr 0.003 -> 0.002" in new_log
+    assert "--encoder-embed-dim 32 -> 128" in new_log
+    assert "resuming" not in new_log
+    previous = save_dir.with_name("checkpoints.previous")
+    assert checkpoints.num_updates(checkpoints.load(previous / "checkpoint_last.pt")) == 30
+    assert (previous / "metrics.jsonl").exists()
+    final = checkpoints.load(workdir / "work/models/teacher/model.pt")
+    assert checkpoints.num_updates(final) == 30 and final["cfg"]["model"].encoder_embed_dim == 128
+    records = [json.loads(line) for line in (workdir / "results/train/teacher.jsonl").read_text().splitlines()]
+    assert max(int(r.get("num_updates", r.get("train_num_updates", 0))) for r in records) <= 30
+    assert all(r.get("epoch", 1) >= 1 for r in records)
+
+
+def test_run_identity_follows_data_and_teacher(tmp_path: Path):
+    from pipeline.train import differences, run_identity
+
+    data = tmp_path / "bin"
+    data.mkdir()
+    (data / "dict.en.txt").write_text("a 1\n")
+    (data / "train.de-en.en.bin").write_bytes(b"123")
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"weights")
+    cmd = ["python", "-m", "fairseq_cli.train", str(data), "--lr", "0.1", "--max-update", "5", "--cpu",
+           "--criterion", "word_kd", "--teacher-path", str(teacher)]
+    first = run_identity(cmd, data)
+    assert run_identity([*cmd[:6], "--max-update", "50", *cmd[8:]], data) == first  # longer: same run
+    assert "--max-update" not in first["options"] and "--cpu" not in first["options"]
+    (data / "train.de-en.en.bin").write_bytes(b"456")
+    assert differences(first, run_identity(cmd, data)) == "training data"
+    teacher.write_bytes(b"retrained")
+    assert "teacher checkpoint" in differences(first, run_identity(cmd, data))
+    assert differences(None, first).startswith("no run.json")
 
 
 def test_student_specs_expand_alpha_and_temperature():

@@ -145,7 +145,9 @@ def plot_bleu_vs_alpha(rows: list[dict], path: Path) -> None:
 
 
 def read_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """(update, loss) series for training and validation from a fairseq JSON progress file."""
+    """(update, value) series from a fairseq JSON progress file: the training objective (each criterion's own
+    loss) and the validation NLL of the references, the one figure every criterion logs alike (word_kd's
+    validation loss mixes in the KL term, so its losses are not comparable with CE's)."""
     curves: dict[str, list[tuple[int, float]]] = {"train": [], "valid": []}
     for line in path.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
@@ -153,7 +155,8 @@ def read_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
         if phase == "train_inner":
             curves["train"].append((int(float(record["num_updates"])), float(record["loss"])))
         elif phase == "valid":
-            curves["valid"].append((int(float(record["valid_num_updates"])), float(record["valid_loss"])))
+            value = record.get("valid_nll_loss", record["valid_loss"])
+            curves["valid"].append((int(float(record["valid_num_updates"])), float(value)))
     return curves
 
 
@@ -166,9 +169,10 @@ def plot_curves(curve_files: list[Path], path: Path) -> None:
             if points:
                 ax.plot([u for u, _ in points], [loss for _, loss in points], marker="." if phase == "valid" else None,
                         label=f.stem)
-    for ax, phase in zip(axes, ("training loss", "validation loss"), strict=True):
+    for ax, phase in zip(axes, ("training loss (each model's objective)", "validation NLL of the references"),
+                         strict=True):
         ax.set_xlabel("updates")
-        ax.set_ylabel(f"{phase} (base 2)")
+        ax.set_ylabel("bits per token")
         ax.set_title(phase)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -1,10 +1,14 @@
 """The comparison every run ends with: one row per model, and the plots that show it.
 
     python -m pipeline.report --evals results/eval/*/test.json --curves results/train/*.jsonl \
-        --csv results/summary.csv --md results/summary.md --plots results/plots
+        --csv results/summary.csv --md results/summary.md --plots results/plots \
+        [--ct2-evals results/eval/*/test.ct2-*.json --ct2-csv results/summary_ct2.csv]
 
 BLEU/chrF are beam-search scores on the evaluation set given; speeds are sentences per second.
 Deltas are against the `student_baseline` and `teacher` rows when those models are present.
+CTranslate2 evaluations (evaluate.backends) add a second table and their points in the speed plot:
+per model and compute type, BLEU and speed against the same model under fairseq (what quantisation
+costs and buys) and the speed-up against the fairseq teacher.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ TEACHER, BASELINE = "teacher", "student_baseline"
 COLUMNS = [
     "model", "variant", "alpha", "temperature", "bleu", "chrf", "bleu_greedy", "delta_bleu_vs_baseline",
     "delta_bleu_vs_teacher", "parameters", "size_mb", "sent_per_s_greedy", "sent_per_s_beam", "speedup_vs_teacher",
+]
+CT2_COLUMNS = [
+    "model", "compute_type", "runs_as", "bleu", "chrf", "bleu_greedy", "delta_bleu_vs_fairseq", "sent_per_s_greedy",
+    "sent_per_s_beam", "speedup_vs_fairseq", "speedup_vs_fairseq_teacher", "model_bin_mb",
 ]
 _NAME = re.compile(r"^student_(?P<variant>[a-z_]+?)(?:_a(?P<alpha>[0-9.e-]+)_t(?P<t>[0-9.e-]+))?$")
 
@@ -68,6 +76,39 @@ def load_row(path: Path) -> dict:
     }
 
 
+def load_ct2_row(path: Path) -> dict:
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if result.get("backend") != "ctranslate2":
+            raise KeyError("backend")
+        return {
+            "model": result["model"],
+            "compute_type": result["compute_type"],
+            "runs_as": (result.get("runtime") or {}).get("compute_type", result["compute_type"]),
+            "bleu": result["beam"]["bleu"]["score"],
+            "chrf": result["beam"]["chrf"]["score"],
+            "bleu_greedy": result["greedy"]["bleu"]["score"],
+            "sent_per_s_greedy": result["greedy"]["speed"]["sentences_per_s"],
+            "sent_per_s_beam": result["beam"]["speed"]["sentences_per_s"],
+            "model_bin_mb": (result.get("model_size") or {}).get("model_bin_bytes", 0) / 1e6,
+            "set": result["set"],
+        }
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
+        raise CorpusError(f"{path}: not a CTranslate2 evaluation result of pipeline.evaluate ({err})") from None
+
+
+def summarize_ct2(ct2_rows: list[dict], rows: list[dict]) -> list[dict]:
+    """Against the same model decoded by fairseq, and against the fairseq teacher; by model, then compute type."""
+    fairseq = {r["model"]: r for r in rows}
+    teacher = fairseq.get(TEACHER)
+    for r in ct2_rows:
+        same = fairseq.get(r["model"])
+        r["delta_bleu_vs_fairseq"] = r["bleu"] - same["bleu"] if same else None
+        r["speedup_vs_fairseq"] = r["sent_per_s_beam"] / same["sent_per_s_beam"] if same else None
+        r["speedup_vs_fairseq_teacher"] = r["sent_per_s_beam"] / teacher["sent_per_s_beam"] if teacher else None
+    return sorted(ct2_rows, key=lambda r: (r["model"] != TEACHER, r["model"], r["compute_type"]))
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     """Add deltas and speed-ups; teacher first, then the students by name."""
     by_name = {r["model"]: r for r in rows}
@@ -103,14 +144,43 @@ def markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
-def plot_bleu_vs_speed(rows: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def markdown_ct2(rows: list[dict]) -> list[str]:
+    head = ["model", "CTranslate2 compute type", "BLEU", "chrF", "BLEU greedy", "Δ BLEU vs fairseq", "sent/s greedy",
+            "sent/s beam", "speed-up vs fairseq (beam)", "speed-up vs fairseq teacher", "model.bin (MB)"]
+    lines = ["", f"CTranslate2 decoding of the same models on {rows[0]['set']} (same search settings): what "
+             "quantisation costs (Δ BLEU) and buys (speed).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ctype = r["compute_type"] + ("" if r["runs_as"] == r["compute_type"] else f" (runs as {r['runs_as']})")
+        delta = None if r["delta_bleu_vs_fairseq"] is None else f"{r['delta_bleu_vs_fairseq']:+.2f}"
+        ratios = [fmt(r[k]) + ("×" if r[k] else "") for k in ("speedup_vs_fairseq", "speedup_vs_fairseq_teacher")]
+        cells = [r["model"], ctype, fmt(r["bleu"]), fmt(r["chrf"]), fmt(r["bleu_greedy"]), fmt(delta),
+                 fmt(r["sent_per_s_greedy"], 1), fmt(r["sent_per_s_beam"], 1), *ratios, fmt(r["model_bin_mb"], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_bleu_vs_speed(rows: list[dict], path: Path, ct2_rows: list[dict] | None = None) -> None:
+    """Every model a labelled point (fairseq); CTranslate2 decodings, if any, as hollow points joined to it."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colors = {}
     for r in rows:
         marker = "*" if r["model"] == TEACHER else "o"
-        ax.scatter(r["sent_per_s_beam"], r["bleu"], s=120 if marker == "*" else 50, marker=marker)
+        point = ax.scatter(r["sent_per_s_beam"], r["bleu"], s=120 if marker == "*" else 50, marker=marker)
+        colors[r["model"]] = point.get_facecolor()[0]
         ax.annotate(r["model"], (r["sent_per_s_beam"], r["bleu"]), textcoords="offset points", xytext=(5, 4),
                     fontsize=8)
-    ax.set_xlabel("beam decoding speed (sentences/s)")
+    by_name = {r["model"]: r for r in rows}
+    for r in ct2_rows or []:
+        color = colors.get(r["model"], "gray")
+        ax.scatter(r["sent_per_s_beam"], r["bleu"], s=50, facecolors="none", edgecolors=[color])
+        if r["model"] in by_name:
+            base = by_name[r["model"]]
+            ax.plot([base["sent_per_s_beam"], r["sent_per_s_beam"]], [base["bleu"], r["bleu"]], color=color,
+                    linewidth=0.8, linestyle=":")
+        ax.annotate(f"ct2 {r['compute_type']}", (r["sent_per_s_beam"], r["bleu"]), textcoords="offset points",
+                    xytext=(5, -10), fontsize=7, color=color)
+    ax.set_xlabel("beam decoding speed (sentences/s)" + ("; hollow: CTranslate2" if ct2_rows else ""))
     ax.set_ylabel("BLEU")
     ax.set_title(f"Quality versus speed ({rows[0]['set']})")
     ax.grid(alpha=0.3)
@@ -189,16 +259,25 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, required=True)
     parser.add_argument("--md", type=Path, required=True)
     parser.add_argument("--plots", type=Path, required=True, help="directory for the PNG plots")
+    parser.add_argument("--ct2-evals", type=Path, nargs="*", default=[],
+                        help="CTranslate2 evaluation JSON files (results/eval/<model>/<set>.ct2-<type>.json)")
+    parser.add_argument("--ct2-csv", type=Path, help="their table as CSV (with --ct2-evals)")
     args = parser.parse_args()
     rows = summarize([load_row(p) for p in args.evals])
+    ct2_rows = summarize_ct2([load_ct2_row(p) for p in args.ct2_evals], rows)
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     with args.csv.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    write_lines(args.md, markdown(rows))
+    write_lines(args.md, markdown(rows) + (markdown_ct2(ct2_rows) if ct2_rows else []))
+    if args.ct2_csv:
+        with args.ct2_csv.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=CT2_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(ct2_rows)
     args.plots.mkdir(parents=True, exist_ok=True)
-    plot_bleu_vs_speed(rows, args.plots / "bleu_vs_speed.png")
+    plot_bleu_vs_speed(rows, args.plots / "bleu_vs_speed.png", ct2_rows)
     plot_bleu_vs_alpha(rows, args.plots / "bleu_vs_alpha.png")
     plot_curves(args.curves, args.plots / "training_curves.png")
     log.info("summary of %d models: %s", len(rows), args.md)

@@ -110,3 +110,4 @@ def test_gpu_config_plans_the_full_comparison(tmp_path: Path):
     assert jobs["distill_decode_shard"] == 4
     assert "--preset teacher_iwslt" in dry and "--preset student_gpu" in dry
     assert "--backend ctranslate2" in dry and "--selection seq_inter" in dry
+    assert "results/summary_ct2.csv" in dry and "--ct2-evals" in dry  # the report's CTranslate2 table

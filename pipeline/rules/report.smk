@@ -13,17 +13,26 @@ rule students:
 rule report_summary:
     input:
         evals=eval_outputs(list(MODELS), [SUMMARY_SET]),
+        ct2_evals=eval_ct2_outputs(list(MODELS), [SUMMARY_SET]),
         # training finished, so each model's progress records are complete
         models=[f"work/models/{name}/model.pt" for name in MODELS],
     output:
         csv=report("results/summary.csv", category="Results", labels={"table": "summary (csv)"}),
         md="results/summary.md",
+        ct2_csv=(
+            [report("results/summary_ct2.csv", category="Results", labels={"table": "CTranslate2 (csv)"})]
+            if "ctranslate2" in EVAL_BACKENDS
+            else []
+        ),
         plots=[
             report(f"results/plots/{name}.png", category="Results", labels={"plot": name.replace("_", " ")})
             for name in PLOTS
         ],
     params:
         curves=[f"results/train/{name}.jsonl" for name in MODELS],
+        ct2=lambda wildcards, input, output: (
+            f" --ct2-evals {' '.join(input.ct2_evals)} --ct2-csv {output.ct2_csv}" if input.ct2_evals else ""
+        ),
     log:
         "logs/report/summary.log",
     benchmark:
@@ -34,7 +43,7 @@ rule report_summary:
         runtime=10,
     shell:
         "{PY} -m pipeline.report --evals {input.evals} --curves {params.curves}"
-        " --csv {output.csv} --md {output.md} --plots results/plots > {log} 2>&1"
+        " --csv {output.csv} --md {output.md} --plots results/plots{params.ct2} > {log} 2>&1"
 
 
 rule report:

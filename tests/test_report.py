@@ -1,0 +1,72 @@
+"""pipeline.report on evaluation results as pipeline.evaluate writes them, with and without CTranslate2 rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+SIG = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
+
+
+def evaluation(model: str, bleu: float, beam_speed: float, ct2_type: str | None = None, runs_as: str | None = None) -> dict:
+    def mode(score: float, speed: float) -> dict:
+        return {"bleu": {"score": score, "signature": SIG}, "chrf": {"score": score + 20},
+                "speed": {"sentences_per_s": speed}}
+
+    result = {"model": model, "set": "test", "beam": mode(bleu, beam_speed), "greedy": mode(bleu - 2, beam_speed * 3)}
+    if ct2_type:
+        result.update(backend="ctranslate2", compute_type=ct2_type, runtime={"compute_type": runs_as or ct2_type},
+                      model_size={"model_bin_bytes": 2_000_000})
+    else:
+        result["model_size"] = {"parameters": 1000, "stripped_checkpoint_bytes": 4_000_000}
+    return result
+
+
+def write(path: Path, result: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
+    return path
+
+
+def report(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    evals = [write(tmp_path / "eval/teacher/test.json", evaluation("teacher", 32.0, 100.0)),
+             write(tmp_path / "eval/student_baseline/test.json", evaluation("student_baseline", 27.0, 150.0))]
+    cmd = [sys.executable, "-m", "pipeline.report", "--evals", *map(str, evals), "--csv", str(tmp_path / "summary.csv"),
+           "--md", str(tmp_path / "summary.md"), "--plots", str(tmp_path / "plots"), *extra]
+    return subprocess.run(cmd, text=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+
+
+def test_ct2_rows_compare_with_the_same_model_and_the_fairseq_teacher(tmp_path: Path):
+    ct2 = [write(tmp_path / "eval/teacher/test.ct2-int8.json", evaluation("teacher", 31.8, 300.0, "int8", "int8_float32")),
+           write(tmp_path / "eval/student_baseline/test.ct2-int8.json",
+                 evaluation("student_baseline", 27.0, 600.0, "int8"))]
+    proc = report(tmp_path, "--ct2-evals", *map(str, ct2), "--ct2-csv", str(tmp_path / "summary_ct2.csv"))
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["model"]: r for r in csv.DictReader((tmp_path / "summary_ct2.csv").open())}
+    assert float(rows["teacher"]["speedup_vs_fairseq"]) == 3.0
+    assert abs(float(rows["teacher"]["delta_bleu_vs_fairseq"]) + 0.2) < 1e-9
+    assert float(rows["student_baseline"]["speedup_vs_fairseq"]) == 4.0
+    assert float(rows["student_baseline"]["speedup_vs_fairseq_teacher"]) == 6.0
+    md = (tmp_path / "summary.md").read_text()
+    assert "| teacher | int8 (runs as int8_float32) | 31.80 |" in md
+    assert "| student_baseline | int8 | 27.00 |" in md and "| 4.00× | 6.00× |" in md
+    main = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert [r["model"] for r in main] == ["teacher", "student_baseline"]  # one row per model, fairseq figures
+    assert float(main[1]["speedup_vs_teacher"]) == 1.5
+    png = (tmp_path / "plots/bleu_vs_speed.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_ct2_no_second_table_and_a_wrong_file_is_named(tmp_path: Path):
+    proc = report(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "CTranslate2" not in (tmp_path / "summary.md").read_text()
+    fairseq_json = tmp_path / "eval/teacher/test.json"
+    proc = report(tmp_path, "--ct2-evals", str(fairseq_json))
+    assert proc.returncode != 0 and f"{fairseq_json}: not a CTranslate2 evaluation result" in proc.stderr

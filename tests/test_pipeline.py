@@ -47,6 +47,13 @@ def test_summary_has_a_row_per_model(smoke_run):
     assert float(teacher["speedup_vs_teacher"]) == pytest.approx(1.0)
     md = (work / "results/summary.md").read_text()
     assert "| student_seq_word_kd_a0.5_t1 |" in md and "BLEU signature" in md
+    # the default config evaluates with CTranslate2 int8 too: one row per model in the second table
+    with (work / "results/summary_ct2.csv").open() as f:
+        ct2_rows = list(csv.DictReader(f))
+    assert sorted(r["model"] for r in ct2_rows) == sorted(VARIANT_MODELS)
+    assert {r["compute_type"] for r in ct2_rows} == {"int8"}
+    assert all(float(r["speedup_vs_fairseq"]) > 0 for r in ct2_rows)
+    assert "CTranslate2 compute type" in md
     for name in ("bleu_vs_speed", "bleu_vs_alpha", "training_curves"):
         png = (work / f"results/plots/{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

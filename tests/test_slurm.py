@@ -54,11 +54,11 @@ class Target:
 
 DATA_RULES = {"fetch_corpus", "normalize", "clean_train", "spm_train", "spm_encode", "binarize"}
 PIPELINE_RULES = DATA_RULES | {"train_model", "distill_decode_shard", "distill_assemble", "distill_binarize",
-                                "evaluate_model", "report_summary"}
+                                "evaluate_model", "ct2_convert", "evaluate_model_ct2", "report_summary"}
 TARGETS = [
     # the whole smoke pipeline: data, teacher, distillation, four students, evaluation, report
     Target("pipeline", ("all",), frozenset(PIPELINE_RULES),
-           gpus={"train_model": 1, "distill_decode_shard": 1, "evaluate_model": 1}),
+           gpus={"train_model": 1, "distill_decode_shard": 1, "evaluate_model": 1, "evaluate_model_ct2": 1}),
     Target(
         "probes", ("all",), frozenset({"gpu_probe", "flaky"}), snakefile=PROBES, smoke_config=False,
         gpus={"gpu_probe": None}, fail_once="flaky",

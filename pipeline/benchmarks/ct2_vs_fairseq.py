@@ -156,8 +156,9 @@ def main(argv=None) -> None:
         report["conversion_seconds"] = time.perf_counter() - began
         tune = lines[: args.tune_n]
         results: dict[str, Any] = {}
+        runs_as: dict[str, str] = {}
         for ctype in types:
-            actual = ct2.load(model_dir, compute_type=ctype, inter_threads=1, intra_threads=1).compute_type
+            actual = runs_as[ctype] = ct2.load(model_dir, compute_type=ctype, inter_threads=1, intra_threads=1).compute_type
             if actual != ctype and actual in types:  # e.g. int8 runs as int8_float32 on a CPU
                 print(f"  {ctype}: runs as {actual} on {device}: measured under that name", flush=True)
                 continue
@@ -215,8 +216,10 @@ def main(argv=None) -> None:
               f"| {r['identical_uncapped']:.1%} | {r['test_bleu']:.2f} | {r['bleu_loss']:+.2f} |")
     fastest = max(results, key=lambda t: results[t]["speed"]["sentences_per_s"])
     current = ct2.DEFAULT_COMPUTE_TYPE[device]
+    same = fastest in (current, runs_as.get(current))  # int8 is int8_float32 on a CPU
     print(f"fastest compute type on {device}: {fastest} (pipeline.ct2.DEFAULT_COMPUTE_TYPE['{device}'] = {current}"
-          f"{'' if fastest == current else ': update it'}); conversion {report['conversion_seconds']:.1f} s")
+          f"{', which runs as ' + runs_as[current] if runs_as.get(current, current) != current else ''}"
+          f"{'' if same else ': update it'}); conversion {report['conversion_seconds']:.1f} s")
     report["fastest"] = fastest
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="threads for every backend (default: all cores)")
     parser.add_argument("--compute-types", nargs="+", help="default: every type this device supports (--quick: float32 int8)")
     parser.add_argument("--max-tokens", type=int, nargs="+", help="CTranslate2 batch sizes tried (default 1000 2000 4000)")
+    parser.add_argument("--batch-sizes", type=int, nargs="*",
+                        help="CTranslate2 batches in sentences tried as well (batch type 'examples'; default 32 64)")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds on a tiny model)")
     args = parser.parse_args(argv)
@@ -69,6 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.test_n = args.test_n or (100 if args.quick else None)
     args.threads = args.threads or os.cpu_count() or 1
     args.max_tokens = args.max_tokens or ([1000, 4000] if args.quick else [1000, 2000, 4000])
+    args.batch_sizes = args.batch_sizes if args.batch_sizes is not None else ([32] if args.quick else [32, 64])
     return args
 
 
@@ -82,6 +85,10 @@ def load_avg() -> str:
 def thread_splits(threads: int) -> list[tuple[int, int]]:
     """Every inter x intra with inter * intra == threads (1 x N ... N x 1)."""
     return [(inter, threads // inter) for inter in range(1, threads + 1) if threads % inter == 0]
+
+
+def batch_label(trial: dict[str, Any]) -> str:
+    return f"{trial['max_tokens']} tokens" if trial.get("max_tokens") else f"{trial['batch_size']} sentences"
 
 
 def bleu(hyps: list[str], refs: list[str]) -> float:
@@ -166,19 +173,21 @@ def main(argv=None) -> None:
             trials = []
             for inter, intra in thread_splits(args.threads):
                 model = ct2.load(model_dir, compute_type=ctype, inter_threads=inter, intra_threads=intra)
-                for max_tokens in args.max_tokens:
-                    stats = ct2.decode(model, tune, gen, ct2.BatchSettings(max_tokens=max_tokens), warmup=True).stats
-                    trials.append({"inter": inter, "intra": intra, "max_tokens": max_tokens, "sorted": True,
-                                   "sentences_per_s": stats.sentences_per_s})
+                # batch type 'tokens' (padded source tokens) and 'examples' (sentences)
+                for max_tokens, batch_size in [(n, None) for n in args.max_tokens] + [(None, n) for n in args.batch_sizes]:
+                    settings = ct2.BatchSettings(max_tokens=max_tokens, batch_size=batch_size)
+                    stats = ct2.decode(model, tune, gen, settings, warmup=True).stats
+                    trials.append({"inter": inter, "intra": intra, "max_tokens": max_tokens, "batch_size": batch_size,
+                                   "sorted": True, "sentences_per_s": stats.sentences_per_s})
                 del model
             best = max(trials, key=lambda t: t["sentences_per_s"])
             model = ct2.load(model_dir, compute_type=ctype, inter_threads=best["inter"], intra_threads=best["intra"])
-            batch = ct2.BatchSettings(max_tokens=best["max_tokens"])
+            batch = ct2.BatchSettings(max_tokens=best["max_tokens"], batch_size=best["batch_size"])
             stats = ct2.decode(model, tune, gen, batch, warmup=True, sort=False).stats
             trials.append({**best, "sorted": False, "sentences_per_s": stats.sentences_per_s})
-            tried = ", ".join(f"{t['inter']}x{t['intra']}/{t['max_tokens']}{'' if t['sorted'] else '/unsorted'}: "
+            tried = ", ".join(f"{t['inter']}x{t['intra']}/{batch_label(t)}{'' if t['sorted'] else '/unsorted'}: "
                               f"{t['sentences_per_s']:.0f}" for t in trials)
-            print(f"  {ctype} tuning ({args.tune_n} sentences, inter x intra / max tokens: sent/s): {tried}", flush=True)
+            print(f"  {ctype} tuning ({args.tune_n} sentences, inter x intra / batch: sent/s): {tried}", flush=True)
             # 3. the full run with the best setting; 4. test BLEU
             full = ct2.decode(model, lines, gen, batch, warmup=True)
             same = [a == n[0].tokens for a, n in zip(fs_best, full.hypotheses, strict=True)]
@@ -211,7 +220,7 @@ def main(argv=None) -> None:
           f"| 1.00x | 100% | 100% | {fs_bleu:.2f} | - |")
     for ctype, r in results.items():
         b = r["best"]
-        print(f"| ct2 {ctype} | {b['inter']}x{b['intra']} threads, {b['max_tokens']} tokens "
+        print(f"| ct2 {ctype} | {b['inter']}x{b['intra']} threads, {batch_label(b)} "
               f"| {r['speed']['sentences_per_s']:.1f} | {r['ratio']:.2f}x | {r['identical_to_fairseq']:.1%} "
               f"| {r['identical_uncapped']:.1%} | {r['test_bleu']:.2f} | {r['bleu_loss']:+.2f} |")
     fastest = max(results, key=lambda t: results[t]["speed"]["sentences_per_s"])

@@ -252,6 +252,14 @@ def plot_curves(curve_files: list[Path], path: Path) -> None:
     plt.close(fig)
 
 
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--evals", type=Path, nargs="+", required=True, help="evaluation JSON files, one per model")
@@ -265,17 +273,10 @@ def main() -> None:
     args = parser.parse_args()
     rows = summarize([load_row(p) for p in args.evals])
     ct2_rows = summarize_ct2([load_ct2_row(p) for p in args.ct2_evals], rows)
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    with args.csv.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.csv, COLUMNS, rows)
     write_lines(args.md, markdown(rows) + (markdown_ct2(ct2_rows) if ct2_rows else []))
     if args.ct2_csv:
-        with args.ct2_csv.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=CT2_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(ct2_rows)
+        write_csv(args.ct2_csv, CT2_COLUMNS, ct2_rows)
     args.plots.mkdir(parents=True, exist_ok=True)
     plot_bleu_vs_speed(rows, args.plots / "bleu_vs_speed.png", ct2_rows)
     plot_bleu_vs_alpha(rows, args.plots / "bleu_vs_alpha.png")

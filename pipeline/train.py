@@ -18,7 +18,6 @@ options (a run may resume on another device).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import re
@@ -33,6 +32,7 @@ import torch
 from pipeline import checkpoints
 from pipeline.cli import run
 from pipeline.corpus import CorpusError
+from pipeline.fetch import sha256
 from pipeline.presets import preset_args
 
 log = logging.getLogger("pipeline.train")
@@ -88,11 +88,7 @@ def file_identity(path: Path) -> str:
     stat = path.stat()
     if stat.st_size > HASH_LIMIT:
         return f"size {stat.st_size}, mtime {stat.st_mtime_ns}"
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256(path)
 
 
 def option_value(options: list[str], name: str) -> str | None:

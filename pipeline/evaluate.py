@@ -16,9 +16,10 @@ Hypotheses are SentencePiece-decoded and Moses-detokenised, then scored by sacre
 raw (unnormalised) reference, as anyone would score a system's plain-text output; the JSON keeps
 sacreBLEU's signatures. Speed is measured after a warm-up batch, with the batch settings, threads
 and device recorded beside it; with --speed-runs N the set is decoded N times and the fastest pass
-counts (on a shared machine, interference only ever adds time: one ~10 s pass on this project's
-2-core machine varied by 30% between two identical jobs). Model size (unique parameters, stripped checkpoint bytes) comes
-from pipeline.model_size.
+counts (on a shared machine, interference only ever adds time: with one pass, the same student
+decoded dev and test at 130 and 94 sentences/s in two sequential jobs on this project's 2-core
+machine; with the fastest of three, at 186 and 209). Model size (unique parameters, stripped
+checkpoint bytes) comes from pipeline.model_size.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ log = logging.getLogger("pipeline.ct2")
 
 META = "pipeline.json"  # our metadata beside CTranslate2's own files
 SPM = "spm.model"
+VMAP = "vmap.txt"  # the vocabulary shortlist the converter copies in (pipeline.vmap)
 BACKENDS = ("fairseq", "ctranslate2")
 COMPUTE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
 # compute_type "auto": the type that decoded fastest on each kind of device. CPU: int8 (it runs as
@@ -167,8 +168,12 @@ def convert(
     spm: str | os.PathLike | None = None,
     quantization: str = "float32",
     extra_meta: dict[str, Any] | None = None,
+    vmap: str | os.PathLike | None = None,
 ) -> Path:
     """Convert a fairseq Transformer checkpoint into a CTranslate2 model directory (with spm.model, pipeline.json).
+
+    vmap: a vocabulary shortlist (pipeline.vmap) stored with the model; decoding uses it only when
+    asked (load(..., use_vmap=True)), since a shortlist changes the output.
 
     The model is loaded by pipeline.decode.load_model (dictionaries, languages and plugins resolved
     as for decoding; stripped checkpoints, whose fast-path weight copies fairseq rebuilds) and
@@ -184,6 +189,8 @@ def convert(
     out = Path(out)
     if quantization not in COMPUTE_TYPES:
         raise CorpusError(f"quantization {quantization}: not one of {', '.join(COMPUTE_TYPES)}")
+    if vmap is not None and not Path(vmap).is_file():
+        raise CorpusError(f"{vmap}: no such vocabulary map (build one with python -m pipeline.vmap)")
     began = time.perf_counter()
     lm = load_model(checkpoint, data_dir=data_dir, cpu=True)
     spm_path = find_spm(lm, spm)
@@ -211,7 +218,8 @@ def convert(
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         try:
-            LoadedModelConverter().convert(str(tmp), quantization=quantization, force=True)
+            LoadedModelConverter().convert(str(tmp), vmap=str(vmap) if vmap else None, quantization=quantization,
+                                           force=True)
         except (ValueError, NotImplementedError) as err:  # the converter's configuration checks
             raise CorpusError(f"{lm.path}: CTranslate2 cannot convert this model ({err})") from None
         shutil.copyfile(spm_path, tmp / SPM)
@@ -226,6 +234,7 @@ def convert(
             "data_dir": str(lm.data_dir),
             "spm": SPM,
             "spm_source": str(spm_path),
+            **({"vmap": VMAP, "vmap_source": str(vmap)} if vmap else {}),
             "ctranslate2": ctranslate2.__version__,
             "conversion_seconds": round(time.perf_counter() - began, 2),
             **(extra_meta or {}),
@@ -257,6 +266,7 @@ class Ct2Model:
     intra_threads: int
     meta: dict[str, Any]
     requested_compute_type: str = ""  # the type asked for, resolved for the device
+    use_vmap: bool = False  # decode against the model's vocabulary shortlist (vmap.txt)
 
     @property
     def source_lang(self) -> str | None:
@@ -291,6 +301,7 @@ class Ct2Model:
             "weights": self.meta.get("quantization"),
             "inter_threads": self.inter_threads,
             "intra_threads": self.intra_threads,
+            "vocabulary_shortlist": self.use_vmap,
             "ctranslate2": ctranslate2.__version__,
         }
 
@@ -312,14 +323,21 @@ def load(
     inter_threads: int | None = None,
     intra_threads: int | None = None,
     cpu: bool = False,
+    use_vmap: bool | None = None,
 ) -> Ct2Model:
     """Load a converted model on CUDA when CTranslate2 sees a GPU (else CPU) with the compute type for it.
 
     compute_type 'auto': the directory's own choice (pipeline.json "compute_type", written by the
-    export from the configuration), else DEFAULT_COMPUTE_TYPE.
+    export from the configuration), else DEFAULT_COMPUTE_TYPE. use_vmap: decode with the vocabulary
+    shortlist stored at conversion (an error if there is none); None: the directory's own choice
+    (pipeline.json "use_vmap", set by an export with a shortlist), else no.
     """
     path = model_dir(path)
     meta = _metadata(path)
+    if use_vmap is None:
+        use_vmap = bool(meta.get("use_vmap", False))
+    if use_vmap and not (path / VMAP).is_file():
+        raise CorpusError(f"{path}: no {VMAP} to decode with (convert with --vmap FILE, built by python -m pipeline.vmap)")
     device = pick_device(cpu)
     if compute_type in (None, "", "auto") and meta.get("compute_type"):
         compute_type = meta["compute_type"]
@@ -333,8 +351,9 @@ def load(
     # what CTranslate2 runs (e.g. int8 is int8_float32 on a CPU)
     actual = getattr(translator, "compute_type", ctype)
     model = Ct2Model(path=path, translator=translator, device=device, compute_type=actual,
-                     inter_threads=inter, intra_threads=intra, meta=meta, requested_compute_type=ctype)
-    log.info("loaded %s on %s", path, model.describe_device())
+                     inter_threads=inter, intra_threads=intra, meta=meta, requested_compute_type=ctype,
+                     use_vmap=use_vmap)
+    log.info("loaded %s on %s%s", path, model.describe_device(), " with its vocabulary shortlist" if use_vmap else "")
     return model
 
 
@@ -377,6 +396,7 @@ def _search_options(model: Ct2Model, gen: GenerationLike) -> dict[str, Any]:
         # scores): label-smoothed training never makes it the best token; decode() counts any.
         "return_scores": True,
         "max_input_length": 0,  # sources are truncated here, as pipeline.decode truncates them
+        "use_vmap": model.use_vmap,
     }
 
 
@@ -501,7 +521,7 @@ class Ct2Translator:
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """--backend, --ct2-model, --compute-type, --inter-threads, --intra-threads."""
+    """--backend, --ct2-model, --compute-type, --inter-threads, --intra-threads, --vmap."""
     group = parser.add_argument_group("decoding backend")
     group.add_argument("--backend", choices=BACKENDS, default="fairseq", help="decoder (default: fairseq)")
     group.add_argument("--ct2-model", type=Path, help="--backend ctranslate2: the converted model directory")
@@ -510,6 +530,8 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                        f"default auto: {DEFAULT_COMPUTE_TYPE}")
     group.add_argument("--inter-threads", type=int, help="--backend ctranslate2: translators decoding batches at once")
     group.add_argument("--intra-threads", type=int, help="--backend ctranslate2: threads per translator")
+    group.add_argument("--vmap", action="store_true", default=None,
+                       help="--backend ctranslate2: decode with the model's vocabulary shortlist (faster, changes output)")
 
 
 def load_from_args(args: argparse.Namespace, threads: int | None = None) -> Ct2Model:
@@ -517,7 +539,8 @@ def load_from_args(args: argparse.Namespace, threads: int | None = None) -> Ct2M
     if args.ct2_model is None:
         raise CorpusError("--backend ctranslate2 needs --ct2-model DIR (a converted model, see pipeline.ct2 convert)")
     return load(args.ct2_model, compute_type=args.compute_type, threads=threads,
-                inter_threads=args.inter_threads, intra_threads=args.intra_threads, cpu=getattr(args, "cpu", False))
+                inter_threads=args.inter_threads, intra_threads=args.intra_threads, cpu=getattr(args, "cpu", False),
+                use_vmap=args.vmap)
 
 
 def main() -> None:
@@ -530,11 +553,12 @@ def main() -> None:
     c.add_argument("--spm", type=Path, help="SentencePiece model (default: found from the data directory)")
     c.add_argument("--quantization", default="float32", choices=COMPUTE_TYPES,
                    help="weights as stored (default float32: any compute type can be chosen when loading)")
+    c.add_argument("--vmap", type=Path, help="vocabulary shortlist to store with the model (python -m pipeline.vmap)")
     c.add_argument("--no-normalize", action="store_true",
                    help="record that the data stage did not Moses-normalise punctuation (translation then skips it)")
     args = parser.parse_args()
     convert(args.model, args.out, data_dir=args.data, spm=args.spm, quantization=args.quantization,
-            extra_meta={"normalize_punctuation": not args.no_normalize})
+            extra_meta={"normalize_punctuation": not args.no_normalize}, vmap=args.vmap)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,10 @@ def readme(name: str, meta: dict[str, Any], results: dict[str, dict[str, Any]], 
         rows.append(f"| {label} | {rt['device']}, {rt['inter_threads']}×{rt['intra_threads']} threads | {r['bleu']:.2f} "
                     f"| {s['sentences_per_s']:.1f} | {s['target_tokens_per_s']:.0f} | {ratio} |")
     default = results.get("auto", next(iter(results.values())))["runtime"]["requested_compute_type"]
+    vmap = bool(meta.get("use_vmap"))
+    shortlist = (f"\n\nDecoding uses the vocabulary shortlist `{ct2.VMAP}` (built from the training corpus by "
+                 "`pipeline.vmap`): each batch is scored against the target pieces its source pieces map to, which is "
+                 "faster and can change the output. The figures below are with it.") if vmap else ""
     return f"""# {name}: CTranslate2 export
 
 A {meta['source_lang']}→{meta['target_lang']} Transformer exported from `{meta['checkpoint']}` with
@@ -97,7 +101,7 @@ whole directory). It runs without fairseq or torch.
 (from a checkout of this repository: it needs the `pipeline` package, `ctranslate2`, `sentencepiece`
 and `sacremoses`). Raw text in, raw text out: punctuation is Moses-normalised
 ({'on' if meta.get('normalize_punctuation', True) else 'off'}), SentencePiece-encoded with `{ct2.SPM}`,
-decoded, then SentencePiece-decoded and Moses-detokenised. `--compute-type` picks the computation
+decoded, then SentencePiece-decoded and Moses-detokenised.{shortlist} `--compute-type` picks the computation
 (default auto: `{meta.get('compute_type', 'auto')}` of {ct2.META}, {default} on the device measured; defaults when
 auto: {', '.join(f'{k} {v}' for k, v in ct2.DEFAULT_COMPUTE_TYPE.items())}); `--beam`,
 `--threads`, `--inter-threads`, `--intra-threads` as in `--help`. From Python:
@@ -105,7 +109,7 @@ auto: {', '.join(f'{k} {v}' for k, v in ct2.DEFAULT_COMPUTE_TYPE.items())}); `--
     import ctranslate2, sentencepiece
     translator = ctranslate2.Translator("DIR", compute_type="{default}")
     sp = sentencepiece.SentencePieceProcessor(model_file="DIR/{ct2.SPM}")
-    out = translator.translate_batch([sp.encode(text, out_type=str)], beam_size={gen['beam']})
+    out = translator.translate_batch([sp.encode(text, out_type=str)], beam_size={gen['beam']}{", use_vmap=True" if vmap else ""})
     print(sp.decode(out[0].hypotheses[0]))   # (without the Moses steps of pipeline.translate)
 
 ## Quality and speed
@@ -123,7 +127,7 @@ Measured when exported on {platform.machine()}, {os.cpu_count()} CPUs visible; s
 ## Files
 
 `model.bin`, `config.json`, `shared_vocabulary.json` (or source/target vocabularies): the CTranslate2
-model; `{ct2.SPM}`: the SentencePiece model; `{ct2.META}`: languages, settings and these measurements.
+model; `{ct2.SPM}`: the SentencePiece model;{f" `{ct2.VMAP}`: the vocabulary shortlist;" if vmap else ""} `{ct2.META}`: languages, settings and these measurements.
 """
 
 
@@ -158,6 +162,7 @@ def main() -> None:
     parser.add_argument("--intra-threads", type=int, default=None)
     parser.add_argument("--cpu", action="store_true", help="measure on the CPU even where CUDA exists")
     parser.add_argument("--speed-runs", type=int, default=1, help="decode this many times; the fastest pass is the speed")
+    parser.add_argument("--vmap", type=Path, help="vocabulary shortlist (pipeline.vmap) shipped and used by default")
     args = parser.parse_args()
 
     name = args.name or args.model.parent.name
@@ -171,7 +176,8 @@ def main() -> None:
     ct2.parse_compute_type(args.compute_type)  # a bad value fails before the conversion
     ct2.convert(args.model, args.out, data_dir=args.data, spm=args.spm, quantization=args.quantization,
                 extra_meta={"name": name, "normalize_punctuation": not args.no_normalize, "export_dir": str(args.out),
-                            "compute_type": args.compute_type})
+                            "compute_type": args.compute_type, "use_vmap": args.vmap is not None},
+                vmap=args.vmap)
     meta = json.loads((args.out / ct2.META).read_text(encoding="utf-8"))
     codec = ct2.TextCodec(args.out / ct2.SPM, meta["source_lang"], meta["target_lang"], normalize=False)
     device = ct2.pick_device(args.cpu)

@@ -35,7 +35,7 @@ COLUMNS = [
     "delta_bleu_vs_teacher", "parameters", "size_mb", "sent_per_s_greedy", "sent_per_s_beam", "speedup_vs_teacher",
 ]
 CT2_COLUMNS = [
-    "model", "compute_type", "runs_as", "bleu", "chrf", "bleu_greedy", "delta_bleu_vs_fairseq", "sent_per_s_greedy",
+    "model", "compute_type", "runs_as", "vmap", "bleu", "chrf", "bleu_greedy", "delta_bleu_vs_fairseq", "sent_per_s_greedy",
     "sent_per_s_beam", "speedup_vs_fairseq", "speedup_vs_fairseq_teacher", "model_bin_mb",
 ]
 _NAME = re.compile(r"^student_(?P<variant>[a-z_]+?)(?:_a(?P<alpha>[0-9.e-]+)_t(?P<t>[0-9.e-]+))?$")
@@ -85,6 +85,7 @@ def load_ct2_row(path: Path) -> dict:
             "model": result["model"],
             "compute_type": result["compute_type"],
             "runs_as": (result.get("runtime") or {}).get("compute_type", result["compute_type"]),
+            "vmap": bool((result.get("runtime") or {}).get("vocabulary_shortlist", False)),
             "bleu": result["beam"]["bleu"]["score"],
             "chrf": result["beam"]["chrf"]["score"],
             "bleu_greedy": result["greedy"]["bleu"]["score"],
@@ -152,6 +153,7 @@ def markdown_ct2(rows: list[dict]) -> list[str]:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ctype = r["compute_type"] + ("" if r["runs_as"] == r["compute_type"] else f" (runs as {r['runs_as']})")
+        ctype += " + vocabulary shortlist" if r.get("vmap") else ""
         delta = None if r["delta_bleu_vs_fairseq"] is None else f"{r['delta_bleu_vs_fairseq']:+.2f}"
         ratios = [fmt(r[k]) + ("×" if r[k] else "") for k in ("speedup_vs_fairseq", "speedup_vs_fairseq_teacher")]
         cells = [r["model"], ctype, fmt(r["bleu"]), fmt(r["chrf"]), fmt(r["bleu_greedy"]), fmt(delta),

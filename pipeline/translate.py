@@ -77,7 +77,7 @@ def open_translator(args: argparse.Namespace) -> Translator:
         gen = ct2.GenerationSettings(beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b)
         batch = ct2.BatchSettings(max_tokens=args.max_tokens, batch_size=args.batch_size)
         loaded = ct2.load(model, compute_type=args.compute_type, threads=args.threads, inter_threads=args.inter_threads,
-                          intra_threads=args.intra_threads, cpu=args.cpu)
+                          intra_threads=args.intra_threads, cpu=args.cpu, use_vmap=args.vmap)
         return ct2.Ct2Translator(loaded, gen, batch, spm_model=Path(args.spm) if args.spm else None,
                                  src=args.src, tgt=args.tgt)
     if model.is_dir() and not (model / "model.pt").is_file():
@@ -156,6 +156,9 @@ def main() -> None:
                         help="CTranslate2 directory: int8, float16, float32, ... (default auto: fastest for the device)")
     parser.add_argument("--inter-threads", type=int, help="CTranslate2 directory: translators decoding batches at once")
     parser.add_argument("--intra-threads", type=int, help="CTranslate2 directory: threads per translator")
+    parser.add_argument("--vmap", action="store_true", default=None,
+                        help="CTranslate2 directory: decode with its vocabulary shortlist (vmap.txt; default: if the "
+                        "export chose it)")
     parser.add_argument("-v", "--verbose", action="store_true", help="fairseq's log messages too")
     args = parser.parse_args()
     if not args.verbose:

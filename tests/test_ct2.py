@@ -127,6 +127,47 @@ def test_not_a_model_directory_is_a_clear_error(tmp_path):
         ct2.load(tmp_path)
 
 
+def test_vocabulary_shortlist_restricts_what_can_be_generated(tiny_teacher, converted, data, tmp_path):
+    from pipeline.vmap import write_vmap
+
+    with pytest.raises(CorpusError, match="no vmap.txt"):
+        ct2.load(converted, use_vmap=True)
+    lines = read_lines(data / "spm" / "test.de")[:20]
+    gen = ct2.GenerationSettings(beam=2, **FAST)
+    full = ct2.load(converted, compute_type="float32", threads=1)
+    produced = [p for n in ct2.decode_lines(full, lines, gen) for p in n[0].tokens.split()]
+    allowed = sorted(set(produced), key=produced.count)[-3:]  # three of the pieces the teacher uses most
+    vmap = tmp_path / "vmap.txt"
+    write_vmap(vmap, allowed, {})
+    out = ct2.convert(tiny_teacher, tmp_path / "with_vmap", data_dir=data / "bin", spm=data / "spm" / "spm.model",
+                      vmap=vmap)
+    assert (out / ct2.VMAP).is_file() and json.loads((out / ct2.META).read_text())["vmap"] == ct2.VMAP
+    assert not ct2.load(out).use_vmap  # stored, not used unless asked (or chosen by an export)
+    short = ct2.load(out, compute_type="float32", threads=1, use_vmap=True)
+    assert short.runtime_info()["vocabulary_shortlist"] is True
+    restricted = ct2.decode_lines(short, lines, gen)
+    assert len(restricted) == len(lines)
+    assert {p for n in restricted for p in n[0].tokens.split()} <= set(allowed)
+    assert len(set(produced)) > len(allowed)
+
+
+def test_benchmark_measures_each_compute_type_with_and_without_the_shortlist(tiny_teacher, data, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_stage("pipeline.benchmarks.ct2_vs_fairseq", "--model", str(tiny_teacher), "--data", str(data / "bin"),
+                     "--src", str(data / "spm" / "train.de"), "--quick", "--n", "60", "--tune-n", "30",
+                     "--test-n", "30", "--compute-types", "int8", "--max-tokens", "1000", "--batch-sizes",
+                     "--threads", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["ctranslate2"]) == {"int8", "int8 + vmap"}
+    for name, r in report["ctranslate2"].items():
+        assert r["vmap"] == name.endswith("vmap")
+        assert r["speed"]["sentences"] == 60 and r["ratio"] > 0 and 0 <= r["identical_to_fairseq"] <= 1
+        assert r["test_bleu"] >= 0
+    assert report["vmap"]["source_pieces"] > 0 and report["fastest"] == "int8"
+    assert "| ct2 int8 + vmap |" in proc.stdout
+
+
 # ------------------------------------------------------------------------------------------------
 # The exported student: translation without fairseq (and without torch)
 
@@ -239,6 +280,33 @@ def test_ct2_evaluation_and_export_through_the_snakefile(smoke_data, tiny_teache
     assert (workdir / "work/ct2/teacher/model.bin").is_file()
     assert (workdir / "logs/ct2/convert.teacher.log").is_file()
     assert (workdir / "benchmarks/eval/teacher.test.ct2-int8.tsv").is_file()
+
+
+def test_vocabulary_shortlist_through_the_snakefile(smoke_data, tiny_teacher, tmp_path):
+    """ct2.vmap.enabled: the shortlist is built from the training corpus, stored with every conversion and
+    used by the CTranslate2 evaluation (the report marks it), the distillation and the export."""
+    snakefile = snakefile_with_ct2(tmp_path)
+    workdir = workdir_with_teacher(smoke_data, tiny_teacher, tmp_path / "run")
+    config = write_config(workdir, {
+        "evaluate": {"backends": ["fairseq", "ctranslate2"], "max_len_a": 0, "max_len_b": 8, "speed_runs": 1},
+        "ct2": {"evaluate_compute_types": ["int8"], "export": {"models": ["teacher"]},
+                "vmap": {"enabled": True, "frequent": 50, "per_source": 10}},
+        "distill": {"backend": "ctranslate2"},
+        "resources": {"evaluate": {"threads": 1, "gpus": 0}},
+    })
+    dry = run_snakefile(snakefile, workdir, "-n", "-p", "export", "evaluate", "distill", config=config).stdout
+    assert "pipeline.vmap" in dry and "--vmap work/ct2/vmap.txt" in dry  # conversion and export
+    assert "--backend ctranslate2 --ct2-model work/ct2/teacher" in dry and " --vmap" in dry
+    target = "results/eval/teacher/test.ct2-int8.json"
+    run_snakefile(snakefile, workdir, target, "--allowed-rules", "ct2_vmap", "ct2_convert", "evaluate_model_ct2",
+                  config=config)
+    lines = read_lines(workdir / "work/ct2/vmap.txt")
+    source, targets = lines[0].split("\t")
+    assert source == "" and len(targets.split()) == 50  # the always-allowed pieces
+    assert (workdir / "work/ct2/teacher" / ct2.VMAP).is_file()
+    result = json.loads((workdir / target).read_text())
+    assert result["runtime"]["vocabulary_shortlist"] is True
+    assert len(read_lines(workdir / result["beam"]["hypotheses"])) == result["sentences"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,6 +18,9 @@
    hypotheses equal to fairseq's; "uncapped" only among sentences where neither backend's
    hypothesis reached the sentence's own length cap (a capped, looping hypothesis depends on the
    batch's longest source, i.e. on the batch size, in both backends).
+5. With a vocabulary shortlist (pipeline.vmap, built from the whole --src corpus and its target
+   side beside it; --no-vmap to skip), each compute type decodes the same sentences again at its
+   best setting: what the shortlist buys in speed and costs in identical hypotheses and BLEU.
 The fastest compute type is the one `auto` should pick on this device (pipeline.ct2.DEFAULT_COMPUTE_TYPE).
 The speeds exclude model loading and a warm-up batch. The machine's load average is printed: on a
 shared machine the ratios, measured minutes apart, are only as steady as the load.
@@ -36,6 +39,7 @@ from typing import Any
 
 from pipeline import ct2
 from pipeline.corpus import CorpusError, read_lines
+from pipeline.vmap import build_vmap, write_vmap
 
 log = logging.getLogger("pipeline.benchmarks.ct2_vs_fairseq")
 
@@ -63,6 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, nargs="+", help="CTranslate2 batch sizes tried (default 1000 2000 4000)")
     parser.add_argument("--batch-sizes", type=int, nargs="*",
                         help="CTranslate2 batches in sentences tried as well (batch type 'examples'; default 32 64)")
+    parser.add_argument("--tgt", type=Path, help="target side of --src for the shortlist (default: beside --src)")
+    parser.add_argument("--no-vmap", action="store_true", help="skip the runs with a vocabulary shortlist")
+    parser.add_argument("--vmap-frequent", type=int, default=100, help="shortlist: always-allowed frequent pieces")
+    parser.add_argument("--vmap-per-source", type=int, default=20, help="shortlist: candidates per source piece")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds on a tiny model)")
     args = parser.parse_args(argv)
@@ -119,6 +127,9 @@ def main(argv=None) -> None:
     lm = load_model(args.model, data_dir=args.data, cpu=True)
     lang = args.src.name.rsplit(".", 1)[-1]
     test_src = args.test_src or args.src.with_name(f"test.{lang}")
+    tgt_path = args.tgt or args.src.with_name(f"train.{lm.target_lang}")
+    if not args.no_vmap and not tgt_path.is_file():
+        raise CorpusError(f"{tgt_path}: no target side for the vocabulary shortlist (pass --tgt, or --no-vmap)")
     test_ref = args.test_ref or args.src.parent.parent / "raw" / f"test.{lm.target_lang}"
     test_lines, refs = read_lines(test_src)[: args.test_n], read_lines(test_ref)[: args.test_n]
     if len(test_lines) != len(refs):
@@ -161,6 +172,16 @@ def main(argv=None) -> None:
         began = time.perf_counter()
         model_dir = ct2.convert(lm.path, Path(tmp) / "model", data_dir=lm.data_dir, spm=args.spm)
         report["conversion_seconds"] = time.perf_counter() - began
+        vmap_dir = None
+        if not args.no_vmap:
+            always, mapping = build_vmap(read_lines(args.src), read_lines(tgt_path), args.vmap_frequent,
+                                         args.vmap_per_source)
+            write_vmap(Path(tmp) / "vmap.txt", always, mapping)
+            vmap_dir = ct2.convert(lm.path, Path(tmp) / "model_vmap", data_dir=lm.data_dir, spm=args.spm,
+                                   vmap=Path(tmp) / "vmap.txt")
+            report["vmap"] = {"source": str(args.src), "target": str(tgt_path), "frequent": args.vmap_frequent,
+                              "per_source": args.vmap_per_source, "source_pieces": len(mapping),
+                              "reachable_target_pieces": len({t for ts in mapping.values() for t in ts} | set(always))}
         tune = lines[: args.tune_n]
         results: dict[str, Any] = {}
         runs_as: dict[str, str] = {}
@@ -188,25 +209,29 @@ def main(argv=None) -> None:
             tried = ", ".join(f"{t['inter']}x{t['intra']}/{batch_label(t)}{'' if t['sorted'] else '/unsorted'}: "
                               f"{t['sentences_per_s']:.0f}" for t in trials)
             print(f"  {ctype} tuning ({args.tune_n} sentences, inter x intra / batch: sent/s): {tried}", flush=True)
-            # 3. the full run with the best setting; 4. test BLEU
-            full = ct2.decode(model, lines, gen, batch, warmup=True)
-            same = [a == n[0].tokens for a, n in zip(fs_best, full.hypotheses, strict=True)]
-            identical = sum(same) / len(lines)
-            free = [i for i, n in enumerate(full.hypotheses) if not fs_capped[i] and n[0].length < cap[i]]
-            identical_uncapped = sum(same[i] for i in free) / len(free) if free else float("nan")
-            test = ct2.decode(model, test_lines, gen, batch, warmup=True)
-            test_bleu = bleu([codec.decode(n[0].tokens) for n in test.hypotheses], refs)
-            results[ctype] = {
-                "best": best, "trials": trials, "speed": full.stats.as_dict(),
-                "ratio": full.stats.sentences_per_s / fs.stats.sentences_per_s,
-                "identical_to_fairseq": identical, "identical_uncapped": identical_uncapped, "uncapped": len(free),
-                "test_bleu": test_bleu, "bleu_loss": fs_bleu - test_bleu,
-            }
-            r = results[ctype]
-            print(f"  {ctype}: {full.stats.sentences_per_s:.1f} sent/s = {r['ratio']:.2f}x fairseq; identical "
-                  f"{identical:.1%} ({identical_uncapped:.1%} of {len(free)} uncapped); test BLEU {test_bleu:.2f} "
-                  f"(loss {r['bleu_loss']:+.2f})", flush=True)
             del model
+            # 3. the full run with the best setting; 4. test BLEU; 5. the same with the shortlist
+            runs = [(ctype, model_dir, False)] + ([(f"{ctype} + vmap", vmap_dir, True)] if vmap_dir else [])
+            for name, directory, use_vmap in runs:
+                model = ct2.load(directory, compute_type=ctype, inter_threads=best["inter"], intra_threads=best["intra"],
+                                 use_vmap=use_vmap)
+                full = ct2.decode(model, lines, gen, batch, warmup=True)
+                same = [a == n[0].tokens for a, n in zip(fs_best, full.hypotheses, strict=True)]
+                identical = sum(same) / len(lines)
+                free = [i for i, n in enumerate(full.hypotheses) if not fs_capped[i] and n[0].length < cap[i]]
+                identical_uncapped = sum(same[i] for i in free) / len(free) if free else float("nan")
+                test = ct2.decode(model, test_lines, gen, batch, warmup=True)
+                test_bleu = bleu([codec.decode(n[0].tokens) for n in test.hypotheses], refs)
+                r = results[name] = {
+                    "best": best, "trials": trials, "speed": full.stats.as_dict(), "vmap": use_vmap,
+                    "ratio": full.stats.sentences_per_s / fs.stats.sentences_per_s,
+                    "identical_to_fairseq": identical, "identical_uncapped": identical_uncapped, "uncapped": len(free),
+                    "test_bleu": test_bleu, "bleu_loss": fs_bleu - test_bleu,
+                }
+                print(f"  {name}: {full.stats.sentences_per_s:.1f} sent/s = {r['ratio']:.2f}x fairseq; identical "
+                      f"{identical:.1%} ({identical_uncapped:.1%} of {len(free)} uncapped); test BLEU {test_bleu:.2f} "
+                      f"(loss {r['bleu_loss']:+.2f})", flush=True)
+                del model
     report["ctranslate2"] = results
     report["load_avg_end"] = load_avg()
 
@@ -223,13 +248,18 @@ def main(argv=None) -> None:
         print(f"| ct2 {ctype} | {b['inter']}x{b['intra']} threads, {batch_label(b)} "
               f"| {r['speed']['sentences_per_s']:.1f} | {r['ratio']:.2f}x | {r['identical_to_fairseq']:.1%} "
               f"| {r['identical_uncapped']:.1%} | {r['test_bleu']:.2f} | {r['bleu_loss']:+.2f} |")
-    fastest = max(results, key=lambda t: results[t]["speed"]["sentences_per_s"])
+    plain = [t for t in results if not results[t]["vmap"]]
+    fastest = max(plain, key=lambda t: results[t]["speed"]["sentences_per_s"])
     current = ct2.DEFAULT_COMPUTE_TYPE[device]
     same = fastest in (current, runs_as.get(current))  # int8 is int8_float32 on a CPU
     print(f"fastest compute type on {device}: {fastest} (pipeline.ct2.DEFAULT_COMPUTE_TYPE['{device}'] = {current}"
           f"{', which runs as ' + runs_as[current] if runs_as.get(current, current) != current else ''}"
           f"{'' if same else ': update it'}); conversion {report['conversion_seconds']:.1f} s")
     report["fastest"] = fastest
+    if "vmap" in report:
+        v = report["vmap"]
+        print(f"vmap: shortlist of {v['frequent']} frequent target pieces + up to {v['per_source']} per source piece "
+              f"({v['source_pieces']} source pieces mapped, {v['reachable_target_pieces']} target pieces reachable)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

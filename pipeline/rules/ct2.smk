@@ -17,6 +17,8 @@ for _name in CT2_EXPORT_MODELS:
         raise ValueError(f"config ct2.export.models: unknown model '{_name}' (models: {', '.join(MODELS)})")
 CT2_EXPORT_RES = config.get("resources", {}).get("export", {})
 CT2_NORMALIZE = "" if config["data"].get("normalize_punctuation", True) else " --no-normalize"
+CT2_VMAP_CFG = CT2_CFG.get("vmap", {}) or {}
+CT2_VMAP = "work/ct2/vmap.txt" if CT2_VMAP_CFG.get("enabled") else None
 
 
 def ct2_compute_type_arg():
@@ -25,9 +27,11 @@ def ct2_compute_type_arg():
     return "--compute-type " + ",".join(f"{device}={table.get(device, 'auto')}" for device in ("cpu", "cuda"))
 
 
-def ct2_decoding_args(max_tokens=None, batch_size=None, compute_type=True):
-    """Compute type, thread split and batch size (ct2.max_tokens / batch_size over the stage's own) for a CTranslate2 job."""
+def ct2_decoding_args(max_tokens=None, batch_size=None, compute_type=True, vmap=True):
+    """Compute type, thread split, batch size (ct2.max_tokens / batch_size over the stage's own) and shortlist for a CTranslate2 job."""
     args = [ct2_compute_type_arg()] if compute_type else []
+    if vmap and CT2_VMAP:
+        args.append("--vmap")
     for key in ("inter_threads", "intra_threads"):
         if CT2_CFG.get(key):
             args.append(f"--{key.replace('_', '-')} {CT2_CFG[key]}")
@@ -40,8 +44,34 @@ def ct2_decoding_args(max_tokens=None, batch_size=None, compute_type=True):
     return " ".join(args)
 
 
+# The vocabulary shortlist (ct2.vmap.enabled): from the reference training corpus, so the teacher's
+# distillation can use it too.
+rule ct2_vmap:
+    input:
+        src=f"work/data/spm/train.{SRC}",
+        tgt=f"work/data/spm/train.{TGT}",
+    output:
+        "work/ct2/vmap.txt",
+    params:
+        frequent=CT2_VMAP_CFG.get("frequent", 100),
+        per_source=CT2_VMAP_CFG.get("per_source", 20),
+    log:
+        "logs/ct2/vmap.log",
+    benchmark:
+        "benchmarks/ct2/vmap.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=0,
+    shell:
+        "{PY} -m pipeline.vmap --src {input.src} --tgt {input.tgt} --out {output}"
+        " --frequent {params.frequent} --per-source {params.per_source} > {log} 2>&1"
+
+
 rule ct2_convert:
     input:
+        unpack(lambda wildcards: {"vmap": CT2_VMAP} if CT2_VMAP else {}),
         model="work/models/{model}/model.pt",
         spm="work/data/spm/spm.model",
         dicts=[f"{BIN_DIR}/dict.{lang}.txt" for lang in LANGS],
@@ -61,7 +91,8 @@ rule ct2_convert:
     shell:
         "export OMP_NUM_THREADS={threads}; "
         "{PY} -m pipeline.ct2 convert --model {input.model} --data {BIN_DIR} --spm {input.spm}"
-        " --out work/ct2/{wildcards.model} --quantization float32{CT2_NORMALIZE} > {log} 2>&1"
+        " --out work/ct2/{wildcards.model} --quantization float32{CT2_NORMALIZE}"
+        + (f" --vmap {CT2_VMAP}" if CT2_VMAP else "") + " > {log} 2>&1"
 
 
 def eval_ct2_inputs(wildcards):
@@ -81,13 +112,13 @@ def eval_ct2_source_args(wildcards, input):
     return f"--src-text {shlex.quote(input.src)}{CT2_NORMALIZE}"
 
 
-def eval_ct2_decoding_args(compute_type=True):
-    """The evaluation's search settings (config evaluate) with CTranslate2's batch and thread settings."""
+def eval_ct2_decoding_args(compute_type=True, vmap=True):
+    """The evaluation's search settings (config evaluate) with CTranslate2's batch, thread and shortlist settings."""
     return " ".join(
         [
             f"--beam {EVAL_CFG.get('beam', 5)} --lenpen {EVAL_CFG.get('lenpen', 1.0)}",
             f"--max-len-a {EVAL_CFG.get('max_len_a', 1.2)} --max-len-b {EVAL_CFG.get('max_len_b', 10)}",
-            ct2_decoding_args(EVAL_CFG.get("max_tokens", 6000), EVAL_CFG.get("batch_size"), compute_type),
+            ct2_decoding_args(EVAL_CFG.get("max_tokens", 6000), EVAL_CFG.get("batch_size"), compute_type, vmap),
             f"--speed-runs {EVAL_CFG.get('speed_runs', 3)}",
         ]
     )
@@ -138,6 +169,8 @@ def export_inputs(wildcards):
     }
     if "test" in EVAL_SETS:  # the checkpoint's own (fairseq) figures, for the README's comparison
         inputs["fairseq_eval"] = f"results/eval/{wildcards.model}/test.json"
+    if CT2_VMAP:
+        inputs["vmap"] = CT2_VMAP
     return inputs
 
 
@@ -149,7 +182,7 @@ rule export_model:
     wildcard_constraints:
         model="|".join(re.escape(name) for name in MODELS),
     params:
-        decoding=eval_ct2_decoding_args(),
+        decoding=eval_ct2_decoding_args(vmap=False) + (f" --vmap {CT2_VMAP}" if CT2_VMAP else ""),
         fairseq_eval=lambda wildcards, input: f"--fairseq-eval {input.fairseq_eval}" if "fairseq_eval" in input.keys() else "",
         quantization=CT2_EXPORT.get("quantization", "int8"),
         compute_types=" ".join(CT2_EXPORT.get("compute_types", ["auto", "float32"])),

@@ -104,7 +104,7 @@ def test_changed_beam_reruns_distillation_and_what_follows_only(smoke_run):
 def test_gpu_config_plans_the_full_comparison(tmp_path: Path):
     """config/gpu.yaml validates and plans: IWSLT teacher, every variant, one word-KD student per alpha, ct2 distillation."""
     cfg = yaml.safe_load((REPO / "config" / "gpu.yaml").read_text())
-    cfg["data"] = {"mirror": str(MIRROR)}
+    cfg.setdefault("data", {})["mirror"] = str(MIRROR)
     path = tmp_path / "gpu.yaml"
     path.write_text(yaml.safe_dump(cfg))
     dry = snakemake(tmp_path, "-n", "all", config=path).stdout
@@ -116,5 +116,8 @@ def test_gpu_config_plans_the_full_comparison(tmp_path: Path):
     assert jobs["train_model"] == 9
     assert jobs["distill_decode_shard"] == 4
     assert "--preset teacher_iwslt" in dry and "--preset student_gpu" in dry
+    # config/config.yaml's CPU-demo settings do not leak in (Snakemake merges the two files key by key)
+    assert dry.count("--max-epoch 60") == 9 and "--max-epoch" not in dry.replace("--max-epoch 60", "")
+    assert "--lr 0.0005" in dry and "--lr 0.002" not in dry and "--vocab-size 8000" in dry
     assert "--backend ctranslate2" in dry and "--selection seq_inter" in dry
     assert "results/summary_ct2.csv" in dry and "--ct2-evals" in dry  # the report's CTranslate2 table

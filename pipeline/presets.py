@@ -1,6 +1,7 @@
 """Named Transformer sizes: fairseq-train architecture options for teachers and students.
 
-Sizes measured on Multi30k with a joint 8k SentencePiece vocabulary (shared embeddings).
+Parameter counts are unique parameters with shared embeddings; the embeddings scale with the joint
+SentencePiece vocabulary (data.spm.vocab_size).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ def _transformer(layers: tuple[int, int], dim: int, ffn: int, heads: int, dropou
 
 
 PRESETS: dict[str, list[str]] = {
-    # Teacher for the 2-core CPU demo: 3+3 layers, d=256 (~9.9M parameters with 8k vocabulary).
+    # Teacher for the 2-core CPU demo: 3+3 layers, d=256 (6.6M parameters with a 4k vocabulary, 7.6M with 8k).
     "teacher_cpu": _transformer((3, 3), 256, 1024, 4, 0.1),
     # GPU-scale teacher comparable to fairseq's transformer_iwslt_de_en: 6+6, d=512, ffn 1024.
     "teacher_iwslt": _transformer((6, 6), 512, 1024, 4, 0.3),
     # Small student: narrow embeddings and output projection, where the cost is (design notes).
     "student_small": _transformer((3, 3), 128, 512, 4, 0.1),
-    # Deep encoder, shallow decoder: decoding cost is in the decoder's sequential steps.
+    # Deep encoder, shallow decoder: decoding cost is in the decoder's sequential steps (2.0M with 4k).
     "student_deep_shallow": _transformer((6, 1), 128, 512, 4, 0.1),
     # GPU-scale student (transformer_iwslt-like, half width).
     "student_gpu": _transformer((6, 2), 256, 1024, 4, 0.1),

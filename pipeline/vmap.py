@@ -1,7 +1,7 @@
 """Vocabulary shortlist (CTranslate2 "vmap") from a parallel corpus in SentencePiece pieces.
 
     python -m pipeline.vmap --src work/data/spm/train.de --tgt work/data/spm/train.en \
-        --out work/ct2/vmap.txt [--frequent 100] [--per-source 20]
+        --out work/ct2/vmap.txt [--frequent 50] [--per-source 10]
 
 With a vmap, CTranslate2 scores each batch against only the target pieces its source pieces map
 to (plus the always-allowed frequent ones) instead of the whole vocabulary: the output projection,
@@ -29,7 +29,7 @@ from pipeline.corpus import CorpusError, read_lines
 log = logging.getLogger("pipeline.vmap")
 
 
-def build_vmap(src_lines: list[str], tgt_lines: list[str], frequent: int = 100, per_source: int = 20,
+def build_vmap(src_lines: list[str], tgt_lines: list[str], frequent: int = 50, per_source: int = 10,
                min_count: int = 2) -> tuple[list[str], dict[str, list[str]]]:
     """(always-allowed target pieces, {source piece: candidate target pieces}) from spm-encoded pairs.
 
@@ -75,8 +75,8 @@ def main() -> None:
     parser.add_argument("--src", type=Path, required=True, help="spm-encoded source side (work/data/spm/train.de)")
     parser.add_argument("--tgt", type=Path, required=True, help="spm-encoded target side, line-aligned")
     parser.add_argument("--out", type=Path, required=True, help="vmap file to write")
-    parser.add_argument("--frequent", type=int, default=100, help="most frequent target pieces, always allowed")
-    parser.add_argument("--per-source", type=int, default=20, help="candidate target pieces per source piece")
+    parser.add_argument("--frequent", type=int, default=50, help="most frequent target pieces, always allowed")
+    parser.add_argument("--per-source", type=int, default=10, help="candidate target pieces per source piece")
     parser.add_argument("--min-count", type=int, default=2, help="sentences a pair must share to be a candidate")
     args = parser.parse_args()
     for name in ("frequent", "per_source", "min_count"):

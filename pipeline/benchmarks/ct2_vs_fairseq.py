@@ -19,8 +19,9 @@
    hypothesis reached the sentence's own length cap (a capped, looping hypothesis depends on the
    batch's longest source, i.e. on the batch size, in both backends).
 5. With a vocabulary shortlist (pipeline.vmap, built from the whole --src corpus and its target
-   side beside it; --no-vmap to skip), each compute type decodes the same sentences again at its
-   best setting: what the shortlist buys in speed and costs in identical hypotheses and BLEU.
+   side beside it; --no-vmap to skip), each compute type is tuned again (batch size, at its best
+   thread split) and decodes the same sentences: what the shortlist buys in speed and costs in
+   identical hypotheses and BLEU.
 The fastest compute type is the one `auto` should pick on this device (pipeline.ct2.DEFAULT_COMPUTE_TYPE).
 The speeds exclude model loading and a warm-up batch. The machine's load average is printed: on a
 shared machine the ratios, measured minutes apart, are only as steady as the load.
@@ -64,13 +65,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fairseq-max-tokens", type=int, default=6000, help="fairseq's batch (its fastest measured here)")
     parser.add_argument("--threads", type=int, default=None, help="threads for every backend (default: all cores)")
     parser.add_argument("--compute-types", nargs="+", help="default: every type this device supports (--quick: float32 int8)")
-    parser.add_argument("--max-tokens", type=int, nargs="+", help="CTranslate2 batch sizes tried (default 1000 2000 4000)")
+    parser.add_argument("--max-tokens", type=int, nargs="+", help="CTranslate2 batch sizes tried (default 500 1000 2000 4000)")
     parser.add_argument("--batch-sizes", type=int, nargs="*",
-                        help="CTranslate2 batches in sentences tried as well (batch type 'examples'; default 32 64)")
+                        help="CTranslate2 batches in sentences tried as well (batch type 'examples'; default 16 32 64)")
     parser.add_argument("--tgt", type=Path, help="target side of --src for the shortlist (default: beside --src)")
     parser.add_argument("--no-vmap", action="store_true", help="skip the runs with a vocabulary shortlist")
-    parser.add_argument("--vmap-frequent", type=int, default=100, help="shortlist: always-allowed frequent pieces")
-    parser.add_argument("--vmap-per-source", type=int, default=20, help="shortlist: candidates per source piece")
+    parser.add_argument("--vmap-frequent", type=int, default=50, help="shortlist: always-allowed frequent pieces")
+    parser.add_argument("--vmap-per-source", type=int, default=10, help="shortlist: candidates per source piece")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds on a tiny model)")
     args = parser.parse_args(argv)
@@ -78,8 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.tune_n = min(args.tune_n or (100 if args.quick else 500), args.n)
     args.test_n = args.test_n or (100 if args.quick else None)
     args.threads = args.threads or os.cpu_count() or 1
-    args.max_tokens = args.max_tokens or ([1000, 4000] if args.quick else [1000, 2000, 4000])
-    args.batch_sizes = args.batch_sizes if args.batch_sizes is not None else ([32] if args.quick else [32, 64])
+    args.max_tokens = args.max_tokens or ([1000, 4000] if args.quick else [500, 1000, 2000, 4000])
+    args.batch_sizes = args.batch_sizes if args.batch_sizes is not None else ([32] if args.quick else [16, 32, 64])
     return args
 
 
@@ -97,6 +98,27 @@ def thread_splits(threads: int) -> list[tuple[int, int]]:
 
 def batch_label(trial: dict[str, Any]) -> str:
     return f"{trial['max_tokens']} tokens" if trial.get("max_tokens") else f"{trial['batch_size']} sentences"
+
+
+def tune(directory: Path, ctype: str, use_vmap: bool, splits: list[tuple[int, int]], lines: list[str], gen,
+         max_tokens: list[int], batch_sizes: list[int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(best setting, every trial): each thread split x batch in tokens and in sentences, then the best unsorted."""
+    trials = []
+    for inter, intra in splits:
+        model = ct2.load(directory, compute_type=ctype, inter_threads=inter, intra_threads=intra, use_vmap=use_vmap)
+        for n_tokens, n_sentences in [(n, None) for n in max_tokens] + [(None, n) for n in batch_sizes]:
+            settings = ct2.BatchSettings(max_tokens=n_tokens, batch_size=n_sentences)
+            stats = ct2.decode(model, lines, gen, settings, warmup=True).stats
+            trials.append({"inter": inter, "intra": intra, "max_tokens": n_tokens, "batch_size": n_sentences,
+                           "sorted": True, "sentences_per_s": stats.sentences_per_s})
+        del model
+    best = max(trials, key=lambda t: t["sentences_per_s"])
+    model = ct2.load(directory, compute_type=ctype, inter_threads=best["inter"], intra_threads=best["intra"],
+                     use_vmap=use_vmap)
+    settings = ct2.BatchSettings(max_tokens=best["max_tokens"], batch_size=best["batch_size"])
+    stats = ct2.decode(model, lines, gen, settings, warmup=True, sort=False).stats
+    trials.append({**best, "sorted": False, "sentences_per_s": stats.sentences_per_s})
+    return best, trials
 
 
 def bleu(hyps: list[str], refs: list[str]) -> float:
@@ -182,7 +204,7 @@ def main(argv=None) -> None:
             report["vmap"] = {"source": str(args.src), "target": str(tgt_path), "frequent": args.vmap_frequent,
                               "per_source": args.vmap_per_source, "source_pieces": len(mapping),
                               "reachable_target_pieces": len({t for ts in mapping.values() for t in ts} | set(always))}
-        tune = lines[: args.tune_n]
+        tune_lines = lines[: args.tune_n]
         results: dict[str, Any] = {}
         runs_as: dict[str, str] = {}
         for ctype in types:
@@ -190,31 +212,19 @@ def main(argv=None) -> None:
             if actual != ctype and actual in types:  # e.g. int8 runs as int8_float32 on a CPU
                 print(f"  {ctype}: runs as {actual} on {device}: measured under that name", flush=True)
                 continue
-            # 2. tuning on the first tune_n sentences
-            trials = []
-            for inter, intra in thread_splits(args.threads):
-                model = ct2.load(model_dir, compute_type=ctype, inter_threads=inter, intra_threads=intra)
-                # batch type 'tokens' (padded source tokens) and 'examples' (sentences)
-                for max_tokens, batch_size in [(n, None) for n in args.max_tokens] + [(None, n) for n in args.batch_sizes]:
-                    settings = ct2.BatchSettings(max_tokens=max_tokens, batch_size=batch_size)
-                    stats = ct2.decode(model, tune, gen, settings, warmup=True).stats
-                    trials.append({"inter": inter, "intra": intra, "max_tokens": max_tokens, "batch_size": batch_size,
-                                   "sorted": True, "sentences_per_s": stats.sentences_per_s})
-                del model
-            best = max(trials, key=lambda t: t["sentences_per_s"])
-            model = ct2.load(model_dir, compute_type=ctype, inter_threads=best["inter"], intra_threads=best["intra"])
-            batch = ct2.BatchSettings(max_tokens=best["max_tokens"], batch_size=best["batch_size"])
-            stats = ct2.decode(model, tune, gen, batch, warmup=True, sort=False).stats
-            trials.append({**best, "sorted": False, "sentences_per_s": stats.sentences_per_s})
-            tried = ", ".join(f"{t['inter']}x{t['intra']}/{batch_label(t)}{'' if t['sorted'] else '/unsorted'}: "
-                              f"{t['sentences_per_s']:.0f}" for t in trials)
-            print(f"  {ctype} tuning ({args.tune_n} sentences, inter x intra / batch: sent/s): {tried}", flush=True)
-            del model
-            # 3. the full run with the best setting; 4. test BLEU; 5. the same with the shortlist
+            # 2. tuning on the first tune_n sentences; 3. the full run with the best setting; 4. test BLEU;
+            # 5. the same with the shortlist, its batch size tuned again (smaller batches map to fewer pieces)
             runs = [(ctype, model_dir, False)] + ([(f"{ctype} + vmap", vmap_dir, True)] if vmap_dir else [])
+            splits = thread_splits(args.threads)
             for name, directory, use_vmap in runs:
+                best, trials = tune(directory, ctype, use_vmap, splits, tune_lines, gen, args.max_tokens, args.batch_sizes)
+                splits = [(best["inter"], best["intra"])]
+                tried = ", ".join(f"{t['inter']}x{t['intra']}/{batch_label(t)}{'' if t['sorted'] else '/unsorted'}: "
+                                  f"{t['sentences_per_s']:.0f}" for t in trials)
+                print(f"  {name} tuning ({args.tune_n} sentences, inter x intra / batch: sent/s): {tried}", flush=True)
                 model = ct2.load(directory, compute_type=ctype, inter_threads=best["inter"], intra_threads=best["intra"],
                                  use_vmap=use_vmap)
+                batch = ct2.BatchSettings(max_tokens=best["max_tokens"], batch_size=best["batch_size"])
                 full = ct2.decode(model, lines, gen, batch, warmup=True)
                 same = [a == n[0].tokens for a, n in zip(fs_best, full.hypotheses, strict=True)]
                 identical = sum(same) / len(lines)

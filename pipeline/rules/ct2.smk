@@ -1,6 +1,6 @@
 # CTranslate2: every model converted once (float32 weights, lossless; the compute type is chosen
-# when a job loads it, for the device the job got), used by the evaluation (evaluate.backends) and,
-# once wired, the distillation shards; and `snakemake export`: per chosen model a self-contained
+# when a job loads it, for the device the job got), used by the evaluation (evaluate.backends) and
+# the distillation shards (distill.backend); and `snakemake export`: per chosen model a self-contained
 # int8 directory with its SentencePiece model and a README with its BLEU and speed.
 # Settings: config `ct2:`; include after train.smk (MODELS, TEACHER) and evaluate.smk (EVAL_*).
 
@@ -53,8 +53,8 @@ rule ct2_vmap:
     output:
         "work/ct2/vmap.txt",
     params:
-        frequent=CT2_VMAP_CFG.get("frequent", 100),
-        per_source=CT2_VMAP_CFG.get("per_source", 20),
+        frequent=CT2_VMAP_CFG.get("frequent", 50),
+        per_source=CT2_VMAP_CFG.get("per_source", 10),
     log:
         "logs/ct2/vmap.log",
     benchmark:

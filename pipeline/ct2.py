@@ -50,11 +50,10 @@ VMAP = "vmap.txt"  # the vocabulary shortlist the converter copies in (pipeline.
 BACKENDS = ("fairseq", "ctranslate2")
 COMPUTE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
 # compute_type "auto": the type that decoded fastest on each kind of device. CPU: int8 (it runs as
-# int8_float32), measured by pipeline.benchmarks.ct2_vs_fairseq on the 2-core AVX2 machine with the
-# 3+3 d=256 teacher, 5,000 sentences, beam 5, sharing the cores with another pipeline (load 2.5-4.7):
-# int8 107.6 sent/s, float32 59.1, fairseq 50.3 (an earlier untuned try on an idle machine had
-# float32 97 and int8 56: rerun the benchmark where it matters). CUDA: float16 (tensor cores),
-# not measured (no GPU here).
+# int8_float32), measured by pipeline.benchmarks.ct2_vs_fairseq on the 2-core AVX-512 machine with the
+# default config's 3+3 d=256 teacher (4k vocabulary), 5,000 sentences, beam 5, idle: int8 293.9 sent/s,
+# int16 234.4, float32 205.8, fairseq 107.5 (README "Performance"; rerun the benchmark where it matters).
+# CUDA: float16 (tensor cores), not measured (no GPU here).
 DEFAULT_COMPUTE_TYPE = {"cpu": "int8", "cuda": "float16"}
 # inter_threads x intra_threads when neither is given, on CPU: "all" = one single-threaded
 # translator per thread (2x1 beat 1x2 for both compute types in the benchmark above), else one

@@ -89,7 +89,7 @@ def test_changed_training_setting_reruns_teacher_only(workdir: Path):
     assert checkpoints.num_updates(checkpoints.load(workdir / "work/models/teacher/model.pt")) == 30
 
     # another learning rate and another architecture: a new run, from update 0
-    cfg = write_config(workdir, {"train": {"max_update": 30, "lr": 0.002}, "teacher": {"preset": "student_small"}})
+    cfg = write_config(workdir, {"train": {"max_update": 30}, "teacher": {"preset": "student_small", "train": {"lr": 0.002}}})
     snakemake(workdir, "teacher", config=cfg)
     new_log = log.read_text()  # Snakemake starts a job's log afresh
     assert "holds another run (changed: options" in new_log and "--lr 0.003 -> 0.002" in new_log

@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline.cli import run
-from pipeline.corpus import CorpusError, read_lines
+from pipeline.corpus import CorpusError, read_parallel, write_lines
 
 log = logging.getLogger("pipeline.vmap")
 
@@ -62,12 +62,13 @@ def build_vmap(src_lines: list[str], tgt_lines: list[str], frequent: int = 50, p
     return always, mapping
 
 
+def reachable(always: list[str], mapping: dict[str, list[str]]) -> set[str]:
+    """Every target piece the shortlist can ever let through."""
+    return set(always).union(*mapping.values())
+
+
 def write_vmap(path: Path, always: list[str], mapping: dict[str, list[str]]) -> None:
-    lines = ["\t" + " ".join(always)] + [f"{s}\t{' '.join(ts)}" for s, ts in mapping.items() if ts]
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_lines(path, ["\t" + " ".join(always)] + [f"{s}\t{' '.join(ts)}" for s, ts in mapping.items() if ts])
 
 
 def main() -> None:
@@ -82,14 +83,11 @@ def main() -> None:
     for name in ("frequent", "per_source", "min_count"):
         if getattr(args, name) < 0:
             raise CorpusError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 0")
-    src, tgt = read_lines(args.src), read_lines(args.tgt)
-    if len(src) != len(tgt):
-        raise CorpusError(f"{args.tgt}: {len(tgt)} lines but {args.src} has {len(src)}")
+    src, tgt = read_parallel(args.src, args.tgt, "train")
     always, mapping = build_vmap(src, tgt, args.frequent, args.per_source, args.min_count)
     write_vmap(args.out, always, mapping)
-    targets = {t for ts in mapping.values() for t in ts} | set(always)
     log.info("wrote %s: %d always-allowed pieces, %d source pieces mapped, %d distinct target pieces reachable",
-             args.out, len(always), len(mapping), len(targets))
+             args.out, len(always), len(mapping), len(reachable(always, mapping)))
 
 
 if __name__ == "__main__":

@@ -61,5 +61,5 @@ def test_misaligned_or_empty_corpus_is_a_clear_error(tmp_path: Path):
                            "--out", str(tmp_path / "vmap.txt")], text=True, capture_output=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
     assert proc.returncode != 0
-    assert f"{tgt}: 4 lines but {src} has 5" in proc.stderr
+    assert f"misaligned corpus, split 'train': {src} has 5 lines but {tgt} has 4" in proc.stderr
     assert not (tmp_path / "vmap.txt").exists()

@@ -40,7 +40,7 @@ from typing import Any
 
 from pipeline import ct2
 from pipeline.corpus import CorpusError, read_lines
-from pipeline.vmap import build_vmap, write_vmap
+from pipeline.vmap import build_vmap, reachable, write_vmap
 
 log = logging.getLogger("pipeline.benchmarks.ct2_vs_fairseq")
 
@@ -143,7 +143,8 @@ def main(argv=None) -> None:
     )
 
     torch.set_num_threads(args.threads)
-    lines = read_lines(args.src)[: args.n]
+    corpus = read_lines(args.src)  # the shortlist is built from all of it
+    lines = corpus[: args.n]
     if len(lines) < args.n:
         raise CorpusError(f"{args.src}: {len(lines)} lines, fewer than --n {args.n}")
     lm = load_model(args.model, data_dir=args.data, cpu=True)
@@ -196,14 +197,14 @@ def main(argv=None) -> None:
         report["conversion_seconds"] = time.perf_counter() - began
         vmap_dir = None
         if not args.no_vmap:
-            always, mapping = build_vmap(read_lines(args.src), read_lines(tgt_path), args.vmap_frequent,
+            always, mapping = build_vmap(corpus, read_lines(tgt_path), args.vmap_frequent,
                                          args.vmap_per_source)
             write_vmap(Path(tmp) / "vmap.txt", always, mapping)
             vmap_dir = ct2.convert(lm.path, Path(tmp) / "model_vmap", data_dir=lm.data_dir, spm=args.spm,
                                    vmap=Path(tmp) / "vmap.txt")
             report["vmap"] = {"source": str(args.src), "target": str(tgt_path), "frequent": args.vmap_frequent,
                               "per_source": args.vmap_per_source, "source_pieces": len(mapping),
-                              "reachable_target_pieces": len({t for ts in mapping.values() for t in ts} | set(always))}
+                              "reachable_target_pieces": len(reachable(always, mapping))}
         tune_lines = lines[: args.tune_n]
         results: dict[str, Any] = {}
         runs_as: dict[str, str] = {}

@@ -19,6 +19,7 @@ CT2_EXPORT_RES = config.get("resources", {}).get("export", {})
 CT2_NORMALIZE = "" if config["data"].get("normalize_punctuation", True) else " --no-normalize"
 CT2_VMAP_CFG = CT2_CFG.get("vmap", {}) or {}
 CT2_VMAP = "work/ct2/vmap.txt" if CT2_VMAP_CFG.get("enabled") else None
+CT2_VMAP_FILE_ARG = f" --vmap {CT2_VMAP}" if CT2_VMAP else ""  # the conversion's and the export's option
 
 
 def ct2_compute_type_arg():
@@ -92,7 +93,7 @@ rule ct2_convert:
         "export OMP_NUM_THREADS={threads}; "
         "{PY} -m pipeline.ct2 convert --model {input.model} --data {BIN_DIR} --spm {input.spm}"
         " --out work/ct2/{wildcards.model} --quantization float32{CT2_NORMALIZE}"
-        + (f" --vmap {CT2_VMAP}" if CT2_VMAP else "") + " > {log} 2>&1"
+        + CT2_VMAP_FILE_ARG + " > {log} 2>&1"
 
 
 def eval_ct2_inputs(wildcards):
@@ -182,7 +183,7 @@ rule export_model:
     wildcard_constraints:
         model="|".join(re.escape(name) for name in MODELS),
     params:
-        decoding=eval_ct2_decoding_args(vmap=False) + (f" --vmap {CT2_VMAP}" if CT2_VMAP else ""),
+        decoding=eval_ct2_decoding_args(vmap=False) + CT2_VMAP_FILE_ARG,
         fairseq_eval=lambda wildcards, input: f"--fairseq-eval {input.fairseq_eval}" if "fairseq_eval" in input.keys() else "",
         quantization=CT2_EXPORT.get("quantization", "int8"),
         compute_types=" ".join(CT2_EXPORT.get("compute_types", ["auto", "float32"])),

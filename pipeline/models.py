@@ -53,8 +53,11 @@ def model_specs(config: dict) -> dict[str, ModelSpec]:
     defaults = config.get("train", {})
     teacher_cfg = config["teacher"]
     specs = {TEACHER: ModelSpec(TEACHER, teacher_cfg["preset"], train=merge(defaults, teacher_cfg.get("train")))}
+    check_train_settings("teacher.train", specs[TEACHER].train)
     students = config.get("students") or {}
     student_train = merge(defaults, students.get("train"))
+    if students.get("variants"):
+        check_train_settings("students.train", student_train)
     for variant in students.get("variants", []):
         targets, criterion = VARIANTS[variant]
         if criterion == "word_kd":
@@ -65,6 +68,25 @@ def model_specs(config: dict) -> dict[str, ModelSpec]:
             name = student_name(variant, alpha, temperature)
             specs[name] = ModelSpec(name, students["preset"], targets, criterion, variant, alpha, temperature, student_train)
     return specs
+
+
+def lr_schedule_args(t: dict) -> list[str]:
+    """inverse_sqrt (fairseq's Transformer default) or linear: warm-up, then straight down to 0 at max_update.
+
+    A short run ends at a high learning rate under inverse_sqrt (still lr * sqrt(warmup / updates));
+    linear decay anneals the last updates, which is what a budget of a few epochs needs.
+    """
+    warmup = str(t["warmup_updates"])
+    if t.get("lr_scheduler", "inverse_sqrt") == "linear":
+        return ["--lr-scheduler", "polynomial_decay", "--warmup-updates", warmup, "--power", "1",
+                "--end-learning-rate", "0", "--total-num-update", str(t["max_update"])]
+    return ["--lr-scheduler", "inverse_sqrt", "--warmup-updates", warmup, "--warmup-init-lr", "1e-07"]
+
+
+def check_train_settings(where: str, t: dict) -> None:
+    """Settings the schema cannot check alone; `where` names the config key in the error."""
+    if t.get("lr_scheduler") == "linear" and not t.get("max_update"):
+        raise ValueError(f"config {where}.lr_scheduler: 'linear' decays to 0 at max_update; set {where}.max_update > 0")
 
 
 def extra_args(options: dict) -> list[str]:
@@ -84,8 +106,7 @@ def fairseq_train_args(spec: ModelSpec, teacher_checkpoint: str, kd_topk: int = 
     t = spec.train
     args = [
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", str(t.get("clip_norm", 0.0)),
-        "--lr", str(t["lr"]), "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(t["warmup_updates"]),
-        "--warmup-init-lr", "1e-07", "--weight-decay", str(t.get("weight_decay", 0.0001)),
+        "--lr", str(t["lr"]), *lr_schedule_args(t), "--weight-decay", str(t.get("weight_decay", 0.0001)),
         "--max-tokens", str(t["max_tokens"]), "--update-freq", str(t.get("update_freq", 1)),
         "--seed", str(t.get("seed", 1)), "--patience", str(t.get("patience", -1)),
         "--log-interval", str(t.get("log_interval", 50)), "--num-workers", "0",

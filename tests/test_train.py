@@ -142,3 +142,21 @@ def test_student_specs_expand_alpha_and_temperature():
     assert args[args.index("--criterion") + 1] == "word_kd"
     assert args[args.index("--kd-alpha") + 1] == "0.9"
     assert "--teacher-path" not in fairseq_train_args(specs["student_baseline"], "t.pt")
+
+
+def test_linear_lr_schedule_needs_max_update():
+    config = {
+        "train": {"lr": 1e-3, "warmup_updates": 10, "max_tokens": 100},
+        "teacher": {"preset": "tiny"},
+        "students": {"preset": "tiny", "variants": ["baseline"], "train": {"lr_scheduler": "linear"}},
+    }
+    with pytest.raises(ValueError, match=r"students\.train\.lr_scheduler.*students\.train\.max_update"):
+        model_specs(config)
+    config["students"]["train"]["max_update"] = 300
+    specs = model_specs(config)
+    args = fairseq_train_args(specs["student_baseline"], "t.pt")
+    assert args[args.index("--lr-scheduler") + 1] == "polynomial_decay"
+    assert args[args.index("--total-num-update") + 1] == "300"
+    assert args[args.index("--end-learning-rate") + 1] == "0"
+    teacher = fairseq_train_args(specs["teacher"], "t.pt")
+    assert teacher[teacher.index("--lr-scheduler") + 1] == "inverse_sqrt"

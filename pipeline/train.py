@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -48,6 +49,10 @@ CONTINUATION_OPTIONS = {
     "--num-workers", "--cpu", "--fp16", "--distributed-world-size", "--save-dir", "--user-dir",
 }
 HASH_LIMIT = 256 * 2**20  # bigger files are identified by size and modification time, not content
+# glibc settings for CPU training: keep freed large blocks on the heap for the next step instead of
+# unmapping them and page-faulting them in again (pipeline.benchmarks.train_allocator measures it).
+# A value already in the environment wins.
+ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 
 
 def device_args(fp16: bool) -> list[str]:
@@ -165,11 +170,19 @@ def report_resume(save_dir: Path) -> None:
     log.info("resuming from %s at update %d (epoch %s)", last, checkpoints.num_updates(state), epoch)
 
 
+def train_env(cmd: list[str]) -> dict[str, str]:
+    """fairseq-train's environment: ALLOCATOR_ENV added when it trains on the CPU (unless already set)."""
+    return {**ALLOCATOR_ENV, **os.environ} if "--cpu" in cmd else dict(os.environ)
+
+
 def train(cmd: list[str], metrics: Path) -> None:
     """Run fairseq-train, echoing its log and appending its progress records to the metrics file."""
     metrics.parent.mkdir(parents=True, exist_ok=True)
     log.info("%s", " ".join(cmd))
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc, \
+    env = train_env(cmd)
+    log.info("allocator: %s", ", ".join(f"{k}={env[k]}" for k in ALLOCATOR_ENV if k in env) or "glibc defaults")
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          env=env) as proc, \
             metrics.open("a", encoding="utf-8") as out:
         for line in proc.stdout:
             sys.stderr.write(line)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from conftest import REPO, SNAKEMAKE, snakemake, write_config
 
 from pipeline import checkpoints
 from pipeline.models import fairseq_train_args, model_specs
+from pipeline.train import ALLOCATOR_ENV, train_env
 
 
 @pytest.fixture()
@@ -160,3 +163,39 @@ def test_linear_lr_schedule_needs_max_update():
     assert args[args.index("--end-learning-rate") + 1] == "0"
     teacher = fairseq_train_args(specs["teacher"], "t.pt")
     assert teacher[teacher.index("--lr-scheduler") + 1] == "inverse_sqrt"
+
+
+def test_linear_lr_schedule_anneals_to_zero(workdir: Path):
+    cfg = write_config(workdir, {"train": {"max_update": 30, "max_epoch": 0, "warmup_updates": 10,
+                                           "lr_scheduler": "linear", "log_interval": 5}})
+    snakemake(workdir, "teacher", config=cfg)
+    log = (workdir / "logs/train/teacher.log").read_text()
+    lrs = [float(v) for v in re.findall(r'"lr": "([0-9.e+-]+)"', log)]
+    assert lrs and max(lrs) > 1e-4, "the warm-up reached the peak learning rate"
+    assert lrs[-1] < 1e-6, f"the last update ran at lr {lrs[-1]}, not annealed to 0"
+    assert checkpoints.num_updates(checkpoints.load(workdir / "work/models/teacher/model.pt")) == 30
+    assert "allocator: MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_=100000000000" in log  # CPU training
+
+
+def test_allocator_settings_only_for_cpu_training_and_never_over_the_users(monkeypatch):
+    for key in ALLOCATOR_ENV:
+        monkeypatch.delenv(key, raising=False)
+    assert {k: train_env(["fairseq", "--cpu"])[k] for k in ALLOCATOR_ENV} == ALLOCATOR_ENV
+    assert not set(ALLOCATOR_ENV) & set(train_env(["fairseq", "--fp16"]))  # on GPU: glibc as it is
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")
+    assert train_env(["fairseq", "--cpu"])["MALLOC_MMAP_MAX_"] == "65536"
+
+
+def test_allocator_benchmark_times_both_variants(smoke_data: Path):
+    """python -m pipeline.benchmarks.train_allocator on the tiny preset: both variants run and a ratio is printed."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline.benchmarks.train_allocator",
+                           "--data", str(smoke_data / "work/data/bin"), "--preset", "tiny", "--updates", "12",
+                           "--interval", "4", "--max-tokens", "1000", "--reps", "1", "--threads", "1"],
+                          capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    runs = re.findall(r"run 1 +(glibc default|allocator settings): +([0-9.]+) ms/update over 8 updates, "
+                      r"peak RSS ([0-9,]+) MiB", proc.stdout)
+    assert [name for name, _, _ in runs] == ["glibc default", "allocator settings"]
+    assert all(float(ms) > 0 and int(rss.replace(",", "")) > 50 for _, ms, rss in runs)
+    ratio = float(re.search(r"ratio with / without: ([0-9.]+)", proc.stdout).group(1))
+    assert ratio == pytest.approx(float(runs[1][1]) / float(runs[0][1]), rel=0.05)

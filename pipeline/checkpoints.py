@@ -54,10 +54,16 @@ def average(paths: list[Path]) -> dict:
     """Mean of the models' parameters; every other field comes from the last checkpoint."""
     states = [load(p) for p in paths]
     params: OrderedDict[str, torch.Tensor] = OrderedDict()
+    # Tied weights (shared embeddings and output projection) are one tensor in a checkpoint; their
+    # average must be one tensor too, or the saved model holds a copy per name (+50% for a student).
+    tied: dict[tuple[int, int, tuple[int, ...]], torch.Tensor] = {}
     for key, value in states[-1]["model"].items():
         if value.is_floating_point():
-            total = sum(s["model"][key].to(torch.float64) for s in states)
-            params[key] = (total / len(states)).to(value.dtype)
+            tie = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+            if tie not in tied:
+                total = sum(s["model"][key].to(torch.float64) for s in states)
+                tied[tie] = (total / len(states)).to(value.dtype)
+            params[key] = tied[tie]
         else:
             params[key] = value
     averaged = dict(states[-1])

@@ -69,7 +69,7 @@ def test_averaging_last_checkpoints(workdir: Path):
     key = "encoder.layers.0.fc1.weight"
     expected = sum(s[key] for s in states) / 3
     assert torch.allclose(model["model"][key], expected, atol=1e-6)
-    # Shared embeddings stay one tensor: the averaged file is no bigger than a single stripped model.
+    # Shared embeddings stay one tensor (saved once), and the average holds the weights a stripped model does.
     weights = model["model"]
     tied = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight")
     assert len({weights[k].untyped_storage().data_ptr() for k in tied}) == 1

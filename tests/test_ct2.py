@@ -166,6 +166,33 @@ def test_benchmark_measures_each_compute_type_with_and_without_the_shortlist(tin
         assert r["test_bleu"] >= 0
     assert report["vmap"]["source_pieces"] > 0 and report["fastest"] == "int8"
     assert "| ct2 int8 + vmap |" in proc.stdout
+    # int8 again in child processes, the library's default first (the caps depend on the CI machine's CPU)
+    isa = report["isa"]
+    assert isa[0]["env"] == {} and "default" in isa[0]["label"]
+    for row in isa:
+        assert row["speed"]["sentences"] == 60 and row["ratio"] > 0 and 0 <= row["identical_to_fairseq"] <= 1
+    assert isa[0]["identical_to_fairseq"] == report["ctranslate2"]["int8"]["identical_to_fairseq"]  # same decoding
+    assert report["cpu"]["int8_gemm"] in ("MKL", "oneDNN") and "| int8 GEMM variant |" in proc.stdout
+
+
+XEON = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_int8\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\n"
+EPYC = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
+
+
+def test_instruction_set_variants_follow_the_cpu_and_ctranslate2s_library_choice():
+    from pipeline.benchmarks import cpu_isa
+
+    xeon, epyc = cpu_isa.cpu_description(XEON), cpu_isa.cpu_description(EPYC)
+    assert xeon == {"vendor": "GenuineIntel", "model": "Intel(R) Xeon(R)", "int8_flags": ["avx2", "avx512f", "avx512_vnni", "amx_int8"]}
+    assert cpu_isa.int8_gemm_library(xeon, {}) == "MKL" and cpu_isa.int8_gemm_library(epyc, {}) == "oneDNN"
+    assert [v.env for v in cpu_isa.variants(xeon, {})] == [
+        {}, {"MKL_ENABLE_INSTRUCTIONS": "AVX512_E1"}, {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}, {"CT2_USE_MKL": "0"}]
+    # no AMX to take away on this EPYC; oneDNN is CTranslate2's only int8 library there
+    assert [v.env for v in cpu_isa.variants(epyc, {})] == [{}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}]
+    # CT2_USE_MKL=0 already set: oneDNN is the default, capped by oneDNN's variable
+    assert [v.env for v in cpu_isa.variants(xeon, {"CT2_USE_MKL": "0"})] == [
+        {}, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}]
+    assert cpu_isa.cpu_description("") == {"vendor": "?", "model": "?", "int8_flags": []}
 
 
 # ------------------------------------------------------------------------------------------------

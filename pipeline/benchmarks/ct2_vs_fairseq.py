@@ -22,6 +22,10 @@
    side beside it; --no-vmap to skip), each compute type is tuned again (batch size, at its best
    thread split) and decodes the same sentences: what the shortlist buys in speed and costs in
    identical hypotheses and BLEU.
+6. On a CPU, int8 at its best setting decodes the same sentences again in child processes, once
+   per instruction-set variant of pipeline.benchmarks.cpu_isa (the default, each cap below this
+   CPU's best: no AMX, AVX2 only; on Intel also oneDNN instead of MKL; --no-isa to skip): how much
+   of the ratio is this CPU's int8 instructions.
 The fastest compute type is the one `auto` should pick on this device (pipeline.ct2.DEFAULT_COMPUTE_TYPE).
 The speeds exclude model loading and a warm-up batch. The machine's load average is printed: on a
 shared machine the ratios, measured minutes apart, are only as steady as the load.
@@ -35,10 +39,12 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from pipeline import ct2
+from pipeline.benchmarks import cpu_isa
 from pipeline.corpus import CorpusError, read_lines
 from pipeline.vmap import build_vmap, reachable, write_vmap
 
@@ -72,6 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-vmap", action="store_true", help="skip the runs with a vocabulary shortlist")
     parser.add_argument("--vmap-frequent", type=int, default=50, help="shortlist: always-allowed frequent pieces")
     parser.add_argument("--vmap-per-source", type=int, default=10, help="shortlist: candidates per source piece")
+    parser.add_argument("--no-isa", action="store_true", help="skip the int8 runs under capped instruction sets")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds on a tiny model)")
     args = parser.parse_args(argv)
@@ -121,6 +128,21 @@ def tune(directory: Path, ctype: str, use_vmap: bool, splits: list[tuple[int, in
     return best, trials
 
 
+def isa_sweep(int8: dict[str, Any], model_dir: Path, lines: list[str], ctype: str, gen, fairseq_speed: float,
+              fairseq_best: list[str], cpu: dict[str, Any]) -> list[dict[str, Any]]:
+    """int8 at its best setting under each instruction-set variant (child processes): speed, ratio, identical share."""
+    best, rows = int8["best"], []
+    for variant in cpu_isa.variants(cpu):
+        r = cpu_isa.run_variant(variant, model_dir, lines, ctype, best["inter"], best["intra"], best["max_tokens"],
+                                best["batch_size"], asdict(gen))
+        r["ratio"] = r["speed"]["sentences_per_s"] / fairseq_speed
+        r["identical_to_fairseq"] = sum(a == b for a, b in zip(fairseq_best, r.pop("best"), strict=True)) / len(lines)
+        print(f"  int8, {r['label']}: {r['speed']['sentences_per_s']:.1f} sent/s = {r['ratio']:.2f}x fairseq; "
+              f"identical {r['identical_to_fairseq']:.1%}", flush=True)
+        rows.append(r)
+    return rows
+
+
 def bleu(hyps: list[str], refs: list[str]) -> float:
     from sacrebleu.metrics import BLEU
 
@@ -164,10 +186,14 @@ def main(argv=None) -> None:
     types = args.compute_types or (["float32", "int8"] if args.quick else
                                    [t for t in ("float32", "float16", "bfloat16", "int8_float16", "int8_float32", "int8", "int16")
                                     if t in supported])
+    cpu = cpu_isa.cpu_description()
     report: dict[str, Any] = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                              "device": device, "load_avg_start": load_avg()}
+                              "device": device, "load_avg_start": load_avg(),
+                              "cpu": {**cpu, "int8_gemm": cpu_isa.int8_gemm_library(cpu)}}
     print(f"{args.model}: {args.n} sentences of {args.src}, beam {args.beam}, {args.threads} threads, device {device}; "
           f"load average {report['load_avg_start']}", flush=True)
+    print(f"CPU: {cpu['model']} ({cpu['vendor']}); int8 flags: {' '.join(cpu['int8_flags']) or 'none'}; "
+          f"CTranslate2's int8 GEMM: {report['cpu']['int8_gemm']}", flush=True)
 
     # 1. fairseq, with its faster thread count
     fs_batch = BatchSettings(max_tokens=args.fairseq_max_tokens)
@@ -243,6 +269,10 @@ def main(argv=None) -> None:
                       f"{identical:.1%} ({identical_uncapped:.1%} of {len(free)} uncapped); test BLEU {test_bleu:.2f} "
                       f"(loss {r['bleu_loss']:+.2f})", flush=True)
                 del model
+        int8 = next((t for t in (runs_as.get("int8"), "int8") if t in results), None)  # measured under either name
+        if device == "cpu" and not args.no_isa and int8:
+            report["isa"] = isa_sweep(results[int8], model_dir, lines, int8, gen, fs.stats.sentences_per_s, fs_best,
+                                      cpu)
     report["ctranslate2"] = results
     report["load_avg_end"] = load_avg()
 
@@ -271,6 +301,15 @@ def main(argv=None) -> None:
         v = report["vmap"]
         print(f"vmap: shortlist of {v['frequent']} frequent target pieces + up to {v['per_source']} per source piece "
               f"({v['source_pieces']} source pieces mapped, {v['reachable_target_pieces']} target pieces reachable)")
+    if report.get("isa"):
+        print(f"int8 by instruction set ({report['isa'][0]['compute_type']}, each in its own process, "
+              "the int8 row's setting):")
+        print("| int8 GEMM variant | environment | sent/s | ratio vs fairseq | identical to fairseq |")
+        print("|---|---|---|---|---|")
+        for v in report["isa"]:
+            env = " ".join(f"{k}={val}" for k, val in v["env"].items()) or "-"
+            print(f"| {v['label']} | {env} | {v['speed']['sentences_per_s']:.1f} | {v['ratio']:.2f}x "
+                  f"| {v['identical_to_fairseq']:.1%} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -172,6 +172,7 @@ def test_benchmark_measures_each_compute_type_with_and_without_the_shortlist(tin
     for row in isa:
         assert row["speed"]["sentences"] == 60 and row["ratio"] > 0 and 0 <= row["identical_to_fairseq"] <= 1
     assert isa[0]["identical_to_fairseq"] == report["ctranslate2"]["int8"]["identical_to_fairseq"]  # same decoding
+    assert isa[0]["test_bleu"] == report["ctranslate2"]["int8"]["test_bleu"]
     assert report["cpu"]["int8_gemm"] in ("MKL", "oneDNN") and "| int8 GEMM variant |" in proc.stdout
 
 

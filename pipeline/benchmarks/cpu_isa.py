@@ -79,15 +79,20 @@ def variants(cpu: dict[str, Any], environ: dict[str, str] | None = None) -> list
 
 
 def run_variant(variant: Variant, model_dir: Path, lines: list[str], compute_type: str, inter: int, intra: int,
-                max_tokens: int | None, batch_size: int | None, gen: dict[str, Any]) -> dict[str, Any]:
-    """Decode lines in a child process with the variant's environment: its speed and best hypotheses."""
+                max_tokens: int | None, batch_size: int | None, gen: dict[str, Any],
+                test_lines: list[str] | None = None) -> dict[str, Any]:
+    """Decode lines (timed), then test_lines, in a child process with the variant's environment.
+
+    Returns its speed and the best hypotheses of both ("best", "test_best").
+    """
     with tempfile.TemporaryDirectory(prefix="ct2_isa_") as tmp:
-        src, out = Path(tmp) / "src.txt", Path(tmp) / "out.json"
+        src, test, out = Path(tmp) / "src.txt", Path(tmp) / "test.txt", Path(tmp) / "out.json"
         src.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+        test.write_text("".join(f"{line}\n" for line in test_lines or []), encoding="utf-8")
         repo = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, **variant.env, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
         cmd = [sys.executable, "-m", "pipeline.benchmarks.cpu_isa", "--worker", "--model", str(model_dir),
-               "--src", str(src), "--out", str(out), "--compute-type", compute_type, "--inter", str(inter),
+               "--src", str(src), "--test-src", str(test), "--out", str(out), "--compute-type", compute_type, "--inter", str(inter),
                "--intra", str(intra), "--gen", json.dumps(gen)]
         cmd += ["--max-tokens", str(max_tokens)] if max_tokens else []
         cmd += ["--batch-size", str(batch_size)] if batch_size else []
@@ -104,10 +109,12 @@ def worker(args: argparse.Namespace) -> None:
     lines = read_lines(args.src)
     model = ct2.load(args.model, compute_type=args.compute_type, inter_threads=args.inter, intra_threads=args.intra)
     gen = ct2.GenerationSettings(**json.loads(args.gen))
-    decoded = ct2.decode(model, lines, gen, ct2.BatchSettings(max_tokens=args.max_tokens, batch_size=args.batch_size),
-                         warmup=True)
+    decoded_batch = ct2.BatchSettings(max_tokens=args.max_tokens, batch_size=args.batch_size)
+    decoded = ct2.decode(model, lines, gen, decoded_batch, warmup=True)
+    test = ct2.decode_lines(model, read_lines(args.test_src), gen, decoded_batch) if args.test_src else []
     args.out.write_text(json.dumps({"compute_type": model.compute_type, "speed": decoded.stats.as_dict(),
-                                    "best": [n[0].tokens for n in decoded.hypotheses]}), encoding="utf-8")
+                                    "best": [n[0].tokens for n in decoded.hypotheses],
+                                    "test_best": [n[0].tokens for n in test]}), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", action="store_true", help="decode once in this process (what run_variant starts)")
     parser.add_argument("--model", type=Path, help="a converted CTranslate2 model directory")
     parser.add_argument("--src", type=Path, help="spm-encoded source lines")
+    parser.add_argument("--test-src", type=Path, help="spm-encoded lines decoded after the timed run (for BLEU)")
     parser.add_argument("--out", type=Path, help="JSON: speed and best hypotheses")
     parser.add_argument("--compute-type", default="int8")
     parser.add_argument("--inter", type=int, default=1)

@@ -129,16 +129,20 @@ def tune(directory: Path, ctype: str, use_vmap: bool, splits: list[tuple[int, in
 
 
 def isa_sweep(int8: dict[str, Any], model_dir: Path, lines: list[str], ctype: str, gen, fairseq_speed: float,
-              fairseq_best: list[str], cpu: dict[str, Any]) -> list[dict[str, Any]]:
-    """int8 at its best setting under each instruction-set variant (child processes): speed, ratio, identical share."""
+              fairseq_best: list[str], cpu: dict[str, Any], test_lines: list[str], test_score) -> list[dict[str, Any]]:
+    """int8 at its best setting under each instruction-set variant (child processes): speed, ratio, identical, BLEU.
+
+    test_score: BLEU of a list of best test hypotheses (spm pieces).
+    """
     best, rows = int8["best"], []
     for variant in cpu_isa.variants(cpu):
         r = cpu_isa.run_variant(variant, model_dir, lines, ctype, best["inter"], best["intra"], best["max_tokens"],
-                                best["batch_size"], asdict(gen))
+                                best["batch_size"], asdict(gen), test_lines)
         r["ratio"] = r["speed"]["sentences_per_s"] / fairseq_speed
         r["identical_to_fairseq"] = sum(a == b for a, b in zip(fairseq_best, r.pop("best"), strict=True)) / len(lines)
+        r["test_bleu"] = test_score(r.pop("test_best"))
         print(f"  int8, {r['label']}: {r['speed']['sentences_per_s']:.1f} sent/s = {r['ratio']:.2f}x fairseq; "
-              f"identical {r['identical_to_fairseq']:.1%}", flush=True)
+              f"identical {r['identical_to_fairseq']:.1%}; test BLEU {r['test_bleu']:.2f}", flush=True)
         rows.append(r)
     return rows
 
@@ -272,7 +276,9 @@ def main(argv=None) -> None:
         int8 = next((t for t in (runs_as.get("int8"), "int8") if t in results), None)  # measured under either name
         if device == "cpu" and not args.no_isa and int8:
             report["isa"] = isa_sweep(results[int8], model_dir, lines, int8, gen, fs.stats.sentences_per_s, fs_best,
-                                      cpu)
+                                      cpu, test_lines, lambda best: bleu([codec.decode(t) for t in best], refs))
+            for row in report["isa"]:
+                row["bleu_loss"] = fs_bleu - row["test_bleu"]
     report["ctranslate2"] = results
     report["load_avg_end"] = load_avg()
 
@@ -304,12 +310,12 @@ def main(argv=None) -> None:
     if report.get("isa"):
         print(f"int8 by instruction set ({report['isa'][0]['compute_type']}, each in its own process, "
               "the int8 row's setting):")
-        print("| int8 GEMM variant | environment | sent/s | ratio vs fairseq | identical to fairseq |")
-        print("|---|---|---|---|---|")
+        print("| int8 GEMM variant | environment | sent/s | ratio vs fairseq | identical to fairseq | test BLEU | loss |")
+        print("|---|---|---|---|---|---|---|")
         for v in report["isa"]:
             env = " ".join(f"{k}={val}" for k, val in v["env"].items()) or "-"
             print(f"| {v['label']} | {env} | {v['speed']['sentences_per_s']:.1f} | {v['ratio']:.2f}x "
-                  f"| {v['identical_to_fairseq']:.1%} |")
+                  f"| {v['identical_to_fairseq']:.1%} | {v['test_bleu']:.2f} | {v['bleu_loss']:+.2f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -180,6 +180,22 @@ XEON = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R
 EPYC = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
 
 
+def test_translate_batches_a_ctranslate2_directory_as_its_export_measured_it():
+    import argparse
+
+    from pipeline.translate import ct2_batch
+
+    def args(max_tokens=None, batch_size=None):
+        return argparse.Namespace(max_tokens=max_tokens, batch_size=batch_size)
+
+    exported = {"decoding": {"max_tokens": 1000, "batch_size": 8}}
+    assert ct2_batch(args(), exported) == ct2.BatchSettings(max_tokens=1000, batch_size=8)
+    assert ct2_batch(args(), {"decoding": {"max_tokens": None, "batch_size": 16}}) == ct2.BatchSettings(None, 16)
+    assert ct2_batch(args(), {}) == ct2.BatchSettings(max_tokens=1000, batch_size=8)  # a plain conversion
+    assert ct2_batch(args(batch_size=4), exported) == ct2.BatchSettings(max_tokens=None, batch_size=4)  # given wins
+    assert ct2_batch(args(max_tokens=6000), exported) == ct2.BatchSettings(max_tokens=6000, batch_size=None)
+
+
 def test_instruction_set_variants_follow_the_cpu_and_ctranslate2s_library_choice():
     from pipeline.benchmarks import cpu_isa
 

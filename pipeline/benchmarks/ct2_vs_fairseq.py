@@ -71,9 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fairseq-max-tokens", type=int, default=6000, help="fairseq's batch (its fastest measured here)")
     parser.add_argument("--threads", type=int, default=None, help="threads for every backend (default: all cores)")
     parser.add_argument("--compute-types", nargs="+", help="default: every type this device supports (--quick: float32 int8)")
-    parser.add_argument("--max-tokens", type=int, nargs="+", help="CTranslate2 batch sizes tried (default 500 1000 2000 4000)")
+    parser.add_argument("--max-tokens", type=int, nargs="+", help="CTranslate2 batch sizes tried (default 250 500 1000 2000)")
     parser.add_argument("--batch-sizes", type=int, nargs="*",
-                        help="CTranslate2 batches in sentences tried as well (batch type 'examples'; default 16 32 64)")
+                        help="CTranslate2 batches in sentences tried as well (batch type 'examples'; default 4 8 16 32)")
     parser.add_argument("--tgt", type=Path, help="target side of --src for the shortlist (default: beside --src)")
     parser.add_argument("--no-vmap", action="store_true", help="skip the runs with a vocabulary shortlist")
     parser.add_argument("--vmap-frequent", type=int, default=50, help="shortlist: always-allowed frequent pieces")
@@ -86,8 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.tune_n = min(args.tune_n or (100 if args.quick else 500), args.n)
     args.test_n = args.test_n or (100 if args.quick else None)
     args.threads = args.threads or os.cpu_count() or 1
-    args.max_tokens = args.max_tokens or ([1000, 4000] if args.quick else [500, 1000, 2000, 4000])
-    args.batch_sizes = args.batch_sizes if args.batch_sizes is not None else ([32] if args.quick else [16, 32, 64])
+    args.max_tokens = args.max_tokens or ([1000, 4000] if args.quick else [250, 500, 1000, 2000])
+    args.batch_sizes = args.batch_sizes if args.batch_sizes is not None else ([8] if args.quick else [4, 8, 16, 32])
     return args
 
 

@@ -50,9 +50,9 @@ VMAP = "vmap.txt"  # the vocabulary shortlist the converter copies in (pipeline.
 BACKENDS = ("fairseq", "ctranslate2")
 COMPUTE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
 # compute_type "auto": the type that decoded fastest on each kind of device. CPU: int8 (it runs as
-# int8_float32), measured by pipeline.benchmarks.ct2_vs_fairseq on the 2-core AVX-512 machine with the
-# default config's 3+3 d=256 teacher (4k vocabulary), 5,000 sentences, beam 5, idle: int8 293.9 sent/s,
-# int16 234.4, float32 205.8, fairseq 107.5 (README "Performance"; rerun the benchmark where it matters).
+# int8_float32): fastest in every run of pipeline.benchmarks.ct2_vs_fairseq on three 2-core CPUs with the
+# default config's 3+3 d=256 teacher (4k vocabulary), 5,000 sentences, beam 5; e.g. on the AMX Xeon of
+# 2026-12-02: int8 531.5 sent/s, int16 350.3, float32 283.4, fairseq 138.5 (README "Performance").
 # CUDA: float16 (tensor cores), not measured (no GPU here).
 DEFAULT_COMPUTE_TYPE = {"cpu": "int8", "cuda": "float16"}
 # inter_threads x intra_threads when neither is given, on CPU: "all" = one single-threaded

@@ -59,6 +59,10 @@ DEFAULT_COMPUTE_TYPE = {"cpu": "int8", "cuda": "float16"}
 # translator per thread (2x1 beat 1x2 for both compute types in the benchmark above), else one
 # translator with every thread.
 DEFAULT_INTER_THREADS = "all"
+# Batches when a caller names none (pipeline.translate on a plain conversion), on CPU: 8 sentences, at
+# most 1,000 padded tokens (config ct2.batch_size / max_tokens; small batches decode fastest with
+# single-threaded translators, README "Performance"). On a GPU: fairseq's 6,000 tokens.
+DEFAULT_CPU_BATCH = BatchSettings(max_tokens=1000, batch_size=8)
 PAD = "<blank>"  # fairseq's <pad> as the converter names it: fairseq's search never generates it
 # Score differences that remain (float32, same hypothesis): CTranslate2 forbids EOS before
 # min_len by masking the logits before the softmax, fairseq after it, so a hypothesis' score is

@@ -68,10 +68,10 @@ def is_ct2_dir(model: Path) -> bool:
 FAIRSEQ_MAX_TOKENS = 6000
 
 
-def ct2_batch(args: argparse.Namespace, meta: dict):
-    """--max-tokens / --batch-size if given, else the batch the export measured its speed with, else 1000 tokens / 8 sentences.
+def ct2_batch(args: argparse.Namespace, meta: dict, device: str = "cpu"):
+    """--max-tokens / --batch-size if given, else the batch the export measured its speed with, else the device's default.
 
-    Small batches are CTranslate2's fastest on a CPU (config ct2.batch_size); fairseq's 6,000 tokens are not.
+    Small batches are CTranslate2's fastest on a CPU (pipeline.ct2.DEFAULT_CPU_BATCH); fairseq's 6,000 tokens are not.
     """
     from pipeline import ct2
 
@@ -80,7 +80,7 @@ def ct2_batch(args: argparse.Namespace, meta: dict):
     recorded = meta.get("decoding", {})
     if recorded.get("max_tokens") or recorded.get("batch_size"):
         return ct2.BatchSettings(max_tokens=recorded.get("max_tokens"), batch_size=recorded.get("batch_size"))
-    return ct2.BatchSettings(max_tokens=1000, batch_size=8)
+    return ct2.DEFAULT_CPU_BATCH if device == "cpu" else ct2.BatchSettings(max_tokens=FAIRSEQ_MAX_TOKENS)
 
 
 def open_translator(args: argparse.Namespace) -> Translator:
@@ -95,7 +95,7 @@ def open_translator(args: argparse.Namespace) -> Translator:
         gen = ct2.GenerationSettings(beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b)
         loaded = ct2.load(model, compute_type=args.compute_type, threads=args.threads, inter_threads=args.inter_threads,
                           intra_threads=args.intra_threads, cpu=args.cpu, use_vmap=args.vmap)
-        batch = ct2_batch(args, loaded.meta)
+        batch = ct2_batch(args, loaded.meta, loaded.device)
         return ct2.Ct2Translator(loaded, gen, batch, spm_model=Path(args.spm) if args.spm else None,
                                  src=args.src, tgt=args.tgt)
     if model.is_dir() and not (model / "model.pt").is_file():
@@ -107,8 +107,7 @@ def open_translator(args: argparse.Namespace) -> Translator:
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = GenerationSettings(beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b)
-    batch = BatchSettings(max_tokens=args.max_tokens or (None if args.batch_size else FAIRSEQ_MAX_TOKENS),
-                          batch_size=args.batch_size)
+    batch = BatchSettings(max_tokens=args.max_tokens or FAIRSEQ_MAX_TOKENS, batch_size=args.batch_size)
     lm = load_model(model, data_dir=args.data, src=args.src, tgt=args.tgt, cpu=args.cpu, fp16=args.fp16)
     return FairseqTranslator(lm, find_spm(lm, args.spm), gen, batch)
 
@@ -165,7 +164,7 @@ def main() -> None:
     parser.add_argument("--max-len-b", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="padded source tokens per batch (default: fairseq 6000; a CTranslate2 directory: the batch "
-                        "its export recorded, else 1000 with --batch-size 8)")
+                        "its export recorded, else 1000 with --batch-size 8 on CPU, 6000 on GPU)")
     parser.add_argument("--batch-size", type=int, default=None, help="sentences per batch")
     parser.add_argument("--chunk-lines", type=int, default=2000, help="lines read and translated at a time")
     parser.add_argument("--no-normalize", action="store_true", help="skip Moses punctuation normalisation")

@@ -194,6 +194,7 @@ def test_translate_batches_a_ctranslate2_directory_as_its_export_measured_it():
     assert ct2_batch(args(), {}) == ct2.BatchSettings(max_tokens=1000, batch_size=8)  # a plain conversion
     assert ct2_batch(args(batch_size=4), exported) == ct2.BatchSettings(max_tokens=None, batch_size=4)  # given wins
     assert ct2_batch(args(max_tokens=6000), exported) == ct2.BatchSettings(max_tokens=6000, batch_size=None)
+    assert ct2_batch(args(), {}, device="cuda") == ct2.BatchSettings(max_tokens=6000, batch_size=None)
 
 
 def test_instruction_set_variants_follow_the_cpu_and_ctranslate2s_library_choice():

@@ -129,7 +129,8 @@ def tune(directory: Path, ctype: str, use_vmap: bool, splits: list[tuple[int, in
 
 
 def isa_sweep(int8: dict[str, Any], model_dir: Path, lines: list[str], ctype: str, gen, fairseq_speed: float,
-              fairseq_best: list[str], cpu: dict[str, Any], test_lines: list[str], test_score) -> list[dict[str, Any]]:
+              fairseq_best: list[str], cpu: dict[str, Any], test_lines: list[str], test_score,
+              fairseq_bleu: float) -> list[dict[str, Any]]:
     """int8 at its best setting under each instruction-set variant (child processes): speed, ratio, identical, BLEU.
 
     test_score: BLEU of a list of best test hypotheses (spm pieces).
@@ -141,6 +142,7 @@ def isa_sweep(int8: dict[str, Any], model_dir: Path, lines: list[str], ctype: st
         r["ratio"] = r["speed"]["sentences_per_s"] / fairseq_speed
         r["identical_to_fairseq"] = sum(a == b for a, b in zip(fairseq_best, r.pop("best"), strict=True)) / len(lines)
         r["test_bleu"] = test_score(r.pop("test_best"))
+        r["bleu_loss"] = fairseq_bleu - r["test_bleu"]
         print(f"  int8, {r['label']}: {r['speed']['sentences_per_s']:.1f} sent/s = {r['ratio']:.2f}x fairseq; "
               f"identical {r['identical_to_fairseq']:.1%}; test BLEU {r['test_bleu']:.2f}", flush=True)
         rows.append(r)
@@ -276,9 +278,7 @@ def main(argv=None) -> None:
         int8 = next((t for t in (runs_as.get("int8"), "int8") if t in results), None)  # measured under either name
         if device == "cpu" and not args.no_isa and int8:
             report["isa"] = isa_sweep(results[int8], model_dir, lines, int8, gen, fs.stats.sentences_per_s, fs_best,
-                                      cpu, test_lines, lambda best: bleu([codec.decode(t) for t in best], refs))
-            for row in report["isa"]:
-                row["bleu_loss"] = fs_bleu - row["test_bleu"]
+                                      cpu, test_lines, lambda best: bleu([codec.decode(t) for t in best], refs), fs_bleu)
     report["ctranslate2"] = results
     report["load_avg_end"] = load_avg()
 

@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from pipeline.corpus import CorpusError
+from pipeline.errors import PipelineError
 from pipeline.faults import maybe_fail
 
 
@@ -26,6 +26,6 @@ def run(main: Callable[[], None]) -> None:
     maybe_fail(stage_name())
     try:
         main()
-    except CorpusError as err:
+    except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

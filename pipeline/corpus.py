@@ -8,9 +8,10 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from pipeline.errors import DataError
 
-class CorpusError(Exception):
-    """Bad input: the message names the file (and line) at fault."""
+# The data stage's name for DataError, kept for the callers that import it from here.
+CorpusError = DataError
 
 
 def _open_binary(path: Path):

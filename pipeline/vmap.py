@@ -24,7 +24,8 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline.cli import run
-from pipeline.corpus import CorpusError, read_parallel, write_lines
+from pipeline.corpus import read_parallel, write_lines
+from pipeline.errors import ConfigError, DataError
 
 log = logging.getLogger("pipeline.vmap")
 
@@ -37,9 +38,9 @@ def build_vmap(src_lines: list[str], tgt_lines: list[str], frequent: int = 50, p
     source piece (best Dice first), among pairs seen together in at least min_count sentences.
     """
     if len(src_lines) != len(tgt_lines):
-        raise CorpusError(f"vmap: {len(src_lines)} source lines but {len(tgt_lines)} target lines")
+        raise DataError(f"vmap: {len(src_lines)} source lines but {len(tgt_lines)} target lines")
     if not src_lines:
-        raise CorpusError("vmap: empty corpus")
+        raise DataError("vmap: empty corpus")
     src_df: Counter[str] = Counter()  # sentences containing each piece
     tgt_df: Counter[str] = Counter()
     tgt_tf: Counter[str] = Counter()  # occurrences, for the frequent list
@@ -82,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     for name in ("frequent", "per_source", "min_count"):
         if getattr(args, name) < 0:
-            raise CorpusError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 0")
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 0")
     src, tgt = read_parallel(args.src, args.tgt, "train")
     always, mapping = build_vmap(src, tgt, args.frequent, args.per_source, args.min_count)
     write_vmap(args.out, always, mapping)

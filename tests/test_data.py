@@ -13,7 +13,8 @@ import pytest
 from conftest import MIRROR, snakemake, write_config
 
 from pipeline.clean import CleanConfig, clean
-from pipeline.corpus import CorpusError, read_parallel
+from pipeline.corpus import read_parallel
+from pipeline.errors import DataError
 
 
 def run_stage(*args: str) -> subprocess.CompletedProcess:
@@ -74,7 +75,7 @@ def test_empty_split_is_rejected(tmp_path: Path):
 
 
 def test_read_parallel_reports_missing_file(tmp_path: Path):
-    with pytest.raises(CorpusError, match="nope.de: no such file"):
+    with pytest.raises(DataError, match="nope.de: no such file"):
         read_parallel(tmp_path / "nope.de", tmp_path / "nope.en", "dev")
 
 

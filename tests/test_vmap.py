@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from pipeline.corpus import CorpusError
+from pipeline.errors import DataError
 from pipeline.vmap import build_vmap, write_vmap
 
 SRC = [
@@ -52,7 +52,7 @@ def test_file_format_is_ctranslate2s(tmp_path: Path):
 
 
 def test_misaligned_or_empty_corpus_is_a_clear_error(tmp_path: Path):
-    with pytest.raises(CorpusError, match="empty corpus"):
+    with pytest.raises(DataError, match="empty corpus"):
         build_vmap([], [])
     src, tgt = tmp_path / "train.de", tmp_path / "train.en"
     src.write_text("\n".join(SRC) + "\n", encoding="utf-8")

@@ -20,7 +20,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.cli import run
-from pipeline.corpus import CorpusError, read_parallel, write_lines
+from pipeline.corpus import read_error, read_parallel, write_lines
+from pipeline.errors import ConfigError, DataError
 
 SPLITS = ("train", "dev", "test")
 SOURCES_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -30,16 +31,35 @@ log = logging.getLogger("pipeline.fetch")
 def load_source(name: str) -> dict:
     path = SOURCES_DIR / f"{name}.yaml"
     if not path.exists():
-        raise CorpusError(f"{path}: no definition for corpus source '{name}'")
+        raise ConfigError(f"{path}: no definition for corpus source '{name}'")
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as err:
+        raise read_error(path, err) from None
     return h.hexdigest()
+
+
+def download(url: str, path: Path) -> None:
+    """Fetch `url` to `path` through a partial file: an interrupted download leaves no `path`."""
+    log.info("downloading %s", url)
+    partial = path.with_name(path.name + ".part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as out:
+            shutil.copyfileobj(response, out)
+        partial.replace(path)
+    except (OSError, ValueError) as err:  # URLError, HTTPError and timeouts are OSErrors; a bad URL a ValueError
+        partial.unlink(missing_ok=True)
+        reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or err
+        raise DataError(f"{url}: download to {path} failed ({reason}); "
+                        "without network, put the files in a local directory and set data.mirror") from None
 
 
 def obtain(source: dict, filename: str, mirror: Path | None, cache: Path) -> Path:
@@ -50,16 +70,10 @@ def obtain(source: dict, filename: str, mirror: Path | None, cache: Path) -> Pat
     else:
         path = cache / filename
         if not path.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            url = source["url"].format(file=filename)
-            log.info("downloading %s", url)
-            partial = path.with_name(path.name + ".part")
-            with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as out:
-                shutil.copyfileobj(response, out)
-            partial.replace(path)
+            download(source["url"].format(file=filename), path)
     actual = sha256(path)
     if actual != expected:
-        raise CorpusError(f"{path}: sha256 {actual} does not match the expected {expected}")
+        raise DataError(f"{path}: sha256 {actual} does not match the expected {expected}")
     return path
 
 
@@ -67,11 +81,11 @@ def fetch_definition(name: str, src: str, tgt: str, mirror: Path | None, cache: 
     source = load_source(name)
     for lang in (src, tgt):
         if lang not in source["languages"]:
-            raise CorpusError(
+            raise ConfigError(
                 f"data/{name}.yaml: language '{lang}' not available (has {', '.join(source['languages'])})"
             )
     if src == tgt:
-        raise CorpusError(f"source and target language are both '{src}'")
+        raise ConfigError(f"source and target language are both '{src}'")
     if mirror is not None and not mirror.is_dir():
         log.warning("mirror %s does not exist: downloading from %s", mirror, source["url"])
         mirror = None
@@ -100,7 +114,7 @@ def parse_max_lines(items: list[str]) -> dict[str, int]:
     for item in items:
         split, _, number = item.partition("=")
         if split not in SPLITS or not number.isdigit() or int(number) < 1:
-            raise CorpusError(f"--max-lines {item!r}: expected SPLIT=N with SPLIT in {SPLITS} and N >= 1")
+            raise ConfigError(f"--max-lines {item!r}: expected SPLIT=N with SPLIT in {SPLITS} and N >= 1")
         limits[split] = int(number)
     return limits
 
@@ -123,7 +137,7 @@ def main() -> None:
         for split in SPLITS:
             pair = getattr(args, f"{split}_src"), getattr(args, f"{split}_tgt")
             if None in pair:
-                raise CorpusError(f"source 'files' needs --{split}-src and --{split}-tgt")
+                raise ConfigError(f"source 'files' needs --{split}-src and --{split}-tgt")
             files[split] = pair
     else:
         files = fetch_definition(args.source, args.src, args.tgt, args.mirror, args.cache)

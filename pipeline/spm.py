@@ -10,18 +10,39 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import sentencepiece as spm
 
 from pipeline.cli import run
-from pipeline.corpus import CorpusError, iter_lines, write_lines
+from pipeline.corpus import iter_lines, write_lines
+from pipeline.errors import DataError, ModelError
 
 
 def train(inputs: list[Path], prefix: Path, vocab_size: int, model_type: str, character_coverage: float, threads: int) -> None:
     prefix.parent.mkdir(parents=True, exist_ok=True)
+    read_failure: list[DataError] = []
+
+    def sentences() -> Iterator[str]:
+        try:
+            yield from itertools.chain.from_iterable(iter_lines(p) for p in inputs)
+        except DataError as err:  # SentencePiece would turn it into a RuntimeError without the file
+            read_failure.append(err)
+            raise
+
+    try:
+        _train(sentences(), prefix, vocab_size, model_type, character_coverage, threads)
+    except RuntimeError:
+        if read_failure:
+            raise read_failure[0] from None
+        raise
+
+
+def _train(sentences: Iterator[str], prefix: Path, vocab_size: int, model_type: str, character_coverage: float,
+           threads: int) -> None:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=itertools.chain.from_iterable(iter_lines(p) for p in inputs),
+        sentence_iterator=sentences,
         model_prefix=str(prefix),
         vocab_size=vocab_size,
         model_type=model_type,
@@ -64,7 +85,7 @@ class TextCodec:
 
         spm_model = Path(spm_model)
         if not spm_model.is_file():
-            raise CorpusError(f"{spm_model}: no such SentencePiece model")
+            raise ModelError(f"{spm_model}: no such SentencePiece model")
         self.sp = load(spm_model)
         self._normalize = normalizer(src) if normalize else None
         self._detok = MosesDetokenizer(lang=tgt) if detokenize else None

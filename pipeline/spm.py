@@ -1,7 +1,7 @@
 """A joint SentencePiece model (Python API: the pip package has no spm_* commands).
 
     python -m pipeline.spm train --model-prefix P --vocab-size 8000 --model-type unigram TRAIN_FILES...
-    python -m pipeline.spm encode --model P.model IN OUT
+    python -m pipeline.spm encode --model P.model [--max-pieces N] IN OUT
     python -m pipeline.spm decode --model P.model IN OUT
 """
 
@@ -10,14 +10,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import sentencepiece as spm
 
 from pipeline.cli import run
 from pipeline.corpus import iter_lines, write_lines
-from pipeline.errors import DataError, ModelError
+from pipeline.errors import ConfigError, DataError, ModelError
+
+# fairseq's transformer default for max_source_positions and max_target_positions, kept by every preset.
+DEFAULT_MAX_POSITIONS = 1024
 
 
 def train(inputs: list[Path], prefix: Path, vocab_size: int, model_type: str, character_coverage: float, threads: int) -> None:
@@ -71,6 +74,51 @@ def decode_line(sp: spm.SentencePieceProcessor, line: str) -> str:
     return sp.decode(line.split())
 
 
+def max_pieces_for(max_positions: int) -> int:
+    """Pieces per line a model with `max_positions` positions takes: fairseq appends EOS to every line."""
+    return max_positions - 1
+
+
+def check_lengths(lines_of_pieces: Iterable[str], path: str | os.PathLike, limit: int) -> Iterator[str]:
+    """Pass spm-encoded lines through unchanged; fail if any has more than `limit` pieces.
+
+    The policy for dev, test and every evaluation set: a line longer than the models can take
+    (limit = max_pieces_for(max positions); EOS is not counted) is an error at data time, never
+    cut or dropped. fairseq would otherwise stop in validation or evaluation with a 0-based sample
+    index and no file, while pipeline.translate and CTranslate2 would truncate it: the backends
+    would disagree and a score would not be that of the whole reference set. Training lines are
+    bounded by the cleaning step instead (data.clean.max_tokens).
+
+    Pieces are counted as fairseq's binariser counts tokens (whitespace-separated). Every line is
+    checked before the error, which comes once the input is exhausted (nothing written by
+    write_lines is kept): it names `path`, the first over-long line (1-based) with its count, the
+    limit, and the other over-long lines.
+    """
+    if limit < 1:
+        raise ConfigError(f"maximum pieces per line {limit}: must be >= 1")
+    return _checked(lines_of_pieces, path, limit)
+
+
+def _checked(lines_of_pieces: Iterable[str], path: str | os.PathLike, limit: int) -> Iterator[str]:
+    over: list[tuple[int, int]] = []
+    for number, line in enumerate(lines_of_pieces, start=1):
+        count = len(line.split())
+        if count > limit:
+            over.append((number, count))
+        yield line
+    if over:
+        number, count = over[0]
+        others = ""
+        if len(over) > 1:
+            listed = ", ".join(str(n) for n, _ in over[1:11]) + (", ..." if len(over) > 11 else "")
+            others = f" ({len(over)} lines over the limit; the others: {listed})"
+        raise DataError(
+            f"{path}: line {number}: {count} SentencePiece pieces, more than the {limit} a model takes "
+            f"(its maximum positions minus EOS){others}; dev and test lines are never cut or dropped: "
+            "shorten or remove them, on both sides of the split"
+        )
+
+
 class TextCodec:
     """Raw text to model input and model output back to plain text, as the data stage does it.
 
@@ -115,6 +163,10 @@ def main() -> None:
     for name in ("encode", "decode"):
         p = sub.add_parser(name)
         p.add_argument("--model", type=Path, required=True)
+        if name == "encode":
+            p.add_argument("--max-pieces", type=int, metavar="N",
+                           help="fail naming file and line if a line has more than N pieces "
+                                "(dev and test: the models' maximum positions - 1, for EOS)")
         p.add_argument("input", type=Path)
         p.add_argument("output", type=Path)
     args = parser.parse_args()
@@ -123,7 +175,12 @@ def main() -> None:
         return
     sp = load(args.model)
     fn = encode_line if args.command == "encode" else decode_line
-    write_lines(args.output, (fn(sp, line) for line in iter_lines(args.input)))
+    lines = (fn(sp, line) for line in iter_lines(args.input))
+    if getattr(args, "max_pieces", None) is not None:
+        if args.max_pieces < 1:
+            raise ConfigError(f"--max-pieces {args.max_pieces}: must be >= 1")
+        lines = check_lengths(lines, args.input, args.max_pieces)
+    write_lines(args.output, lines)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ def _open_binary(path: Path):
 def read_error(path: str | os.PathLike, err: BaseException, lines_read: int = 0) -> DataError:
     """The DataError for `err`, raised while opening or reading `path` after `lines_read` good lines."""
     after = f" after line {lines_read}" if lines_read else ""
+    if isinstance(err, FileNotFoundError):
+        return DataError(f"{path}: no such file")
     if isinstance(err, gzip.BadGzipFile) and not lines_read and str(err).startswith("Not a gzipped file"):
         return DataError(f"{path}: not a gzip file ({err}): a plain-text file must not be named .gz")
     if isinstance(err, EOFError):
@@ -48,10 +50,8 @@ READ_ERRORS = (OSError, EOFError, zlib.error)
 def iter_lines(path: str | os.PathLike) -> Iterator[str]:
     """Yield the lines of a plain or gzipped UTF-8 file, without line endings."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
     number = 0
-    try:
+    try:  # not path.exists() first: it raises a bare PermissionError for a directory we may not enter
         f = _open_binary(path)
     except READ_ERRORS as err:
         raise read_error(path, err) from None
@@ -139,7 +139,5 @@ def count_lines(path: str | os.PathLike) -> int:
             for _ in f:
                 number += 1
     except READ_ERRORS as err:
-        if isinstance(err, FileNotFoundError):
-            raise DataError(f"{path}: no such file") from None
         raise read_error(path, err, number) from None
     return number

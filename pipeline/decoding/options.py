@@ -89,7 +89,8 @@ def add_decoding_args(
     g.add_argument("--max-len-b", type=int, default=d.max_len_b, help=f"(default b = {d.max_len_b})")
     if batch:
         b = parser.add_argument_group(
-            "batches", "one setting for either backend; a batch ends at the first cap it reaches. Neither given: the "
+            "batches", "one setting for whichever backend decodes (pass each flag once; given twice, the last wins); a "
+            "batch ends at the first cap it reaches. Neither given: the "
             f"backend's default batch (fairseq {DEFAULT_MAX_TOKENS} tokens; CTranslate2 the batch its export recorded, "
             f"else 1000 tokens / 8 sentences on CPU, {DEFAULT_MAX_TOKENS} tokens on GPU)")
         b.add_argument("--max-tokens", type=int, default=d.max_tokens, help="padded source tokens per batch")

@@ -27,6 +27,8 @@ from pipeline.errors import DataError
 
 log = logging.getLogger("pipeline.decoding.fairseq_backend")
 
+FAIRSEQ_DEFAULT_BATCH = BatchSettings(max_tokens=DEFAULT_MAX_TOKENS)  # when the caller names no batch
+
 
 def build_generator(lm: LoadedModel, gen: SearchOptions):
     from fairseq.dataclass.configs import GenerationConfig
@@ -160,9 +162,6 @@ def runtime_info(lm: LoadedModel) -> dict[str, Any]:
         "torch": torch.__version__,
         "fairseq": fairseq.__version__,
     }
-
-
-FAIRSEQ_DEFAULT_BATCH = BatchSettings(max_tokens=DEFAULT_MAX_TOKENS)
 
 
 class FairseqBackend:

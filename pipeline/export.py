@@ -4,12 +4,14 @@
         --out export/student_seq_kd --data work/data/bin --spm work/data/spm/spm.model \
         --src-pieces work/data/spm/test.de --ref work/data/raw/test.en --set test \
         [--quantization int8] [--compute-types auto float32] [--fairseq-eval results/eval/student_seq_kd/test.json]
+        [--spec work/models/student_seq_kd/spec.json]
 
 The directory holds CTranslate2's model (model.bin, config.json, vocabulary), the SentencePiece
 model, pipeline.json (languages, normalisation, settings, the measurements) and a README with the
 BLEU and speed of the exported weights themselves, measured here on the evaluation set with each
 compute type asked for (beside fairseq's figures for the same checkpoint when --fairseq-eval is
-given). It translates raw text without fairseq or torch:
+given), and with --spec the model's settings (its spec.json, also in pipeline.json under "spec").
+It translates raw text without fairseq or torch:
 
     python -m pipeline.translate --model export/student_seq_kd < input.de > output.en
 """
@@ -25,9 +27,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import ct2
 from pipeline.cli import run
-from pipeline.corpus import CorpusError, read_lines
+from pipeline.corpus import read_lines
+from pipeline.decoding import SearchOptions, add_decoding_args, open_backend
+from pipeline.decoding.batching import ct2_batch
+from pipeline.decoding.compute import COMPUTE_TYPES, DEFAULT_COMPUTE_TYPE, parse_compute_type, resolve_compute_type
+from pipeline.decoding.convert import convert
+from pipeline.decoding.ct2_backend import ct2_device
+from pipeline.decoding.ct2_dir import META, SPM, VMAP
+from pipeline.errors import BackendError, DataError
+from pipeline.spm import TextCodec
 
 log = logging.getLogger("pipeline.export")
 
@@ -36,20 +45,20 @@ def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
 
 
-def measure(model_dir: Path, compute_type: str, lines: list[str], refs: list[str], codec: ct2.TextCodec,
-            gen: ct2.GenerationSettings, batch: ct2.BatchSettings, threads: int | None,
-            inter: int | None, intra: int | None, cpu: bool, speed_runs: int = 1) -> dict[str, Any]:
+def measure(model_dir: Path, compute_type: str, lines: list[str], refs: list[str], codec: TextCodec,
+            options: SearchOptions, threads: int | None, inter: int | None, intra: int | None, cpu: bool,
+            speed_runs: int = 1) -> dict[str, Any]:
     """BLEU/chrF and speed of the directory's model with one compute type (after a warm-up batch, fastest of speed_runs)."""
     from pipeline.evaluate import fastest_of, score  # sacreBLEU scoring and timing as in the evaluation stage
 
-    model = ct2.load(model_dir, compute_type=compute_type, threads=threads, inter_threads=inter,
-                     intra_threads=intra, cpu=cpu)
-    decoded, _ = fastest_of(lambda: ct2.decode(model, lines, gen, batch, warmup=True), speed_runs)
+    backend = open_backend(model_dir, compute_type=compute_type, threads=threads, inter_threads=inter,
+                           intra_threads=intra, cpu=cpu)
+    decoded, _ = fastest_of(lambda: backend.decode(lines, options, warmup=True), speed_runs)
     hyps = [codec.decode(nbest[0].tokens) for nbest in decoded.hypotheses]
     scores = score(hyps, refs)
     stats = decoded.stats
-    log.info("%s: BLEU %.2f, %.1f sent/s", model.describe_device(), scores["bleu"]["score"], stats.sentences_per_s)
-    return {"runtime": model.runtime_info(), "bleu": scores["bleu"]["score"], "chrf": scores["chrf"]["score"],
+    log.info("%s: BLEU %.2f, %.1f sent/s", backend.describe_device(), scores["bleu"]["score"], stats.sentences_per_s)
+    return {"runtime": backend.runtime_info(), "bleu": scores["bleu"]["score"], "chrf": scores["chrf"]["score"],
             "bleu_signature": scores["bleu"]["signature"], "speed": {**stats.as_dict(), "runs": speed_runs}}
 
 
@@ -61,9 +70,9 @@ def fairseq_figures(path: Path | None) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         beam = data["beam"]
         return {"bleu": beam["bleu"]["score"], "speed": beam["speed"], "runtime": data.get("runtime", {}),
-                "checkpoint_bytes": (data.get("model_size") or {}).get("stripped_bytes")}
+                "checkpoint_bytes": (data.get("model_size") or {}).get("stripped_checkpoint_bytes")}
     except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
-        raise CorpusError(f"{path}: not an evaluation result of pipeline.evaluate ({err})") from None
+        raise DataError(f"{path}: not an evaluation result of pipeline.evaluate ({err})") from None
 
 
 def readme(name: str, meta: dict[str, Any], results: dict[str, dict[str, Any]], fairseq: dict[str, Any] | None,
@@ -84,15 +93,20 @@ def readme(name: str, meta: dict[str, Any], results: dict[str, dict[str, Any]], 
         rows.append(f"| {label} | {rt['device']}, {rt['inter_threads']}×{rt['intra_threads']} threads | {r['bleu']:.2f} "
                     f"| {s['sentences_per_s']:.1f} | {s['target_tokens_per_s']:.0f} | {ratio} |")
     default = results.get("auto", next(iter(results.values())))["runtime"]["requested_compute_type"]
+    stripped = (fairseq or {}).get("checkpoint_bytes")
+    checkpoint = f"; the stripped fairseq checkpoint: {stripped / 1e6:.1f} MB" if stripped else ""
+    spec = meta.get("spec")
+    model_spec = ("\n\nModel settings (its spec.json):\n\n" + "\n".join(f"- {key}: {json.dumps(value)}" for key, value in spec.items())
+                  if spec else "")
     vmap = bool(meta.get("use_vmap"))
-    shortlist = (f"\n\nDecoding uses the vocabulary shortlist `{ct2.VMAP}` (built from the training corpus by "
+    shortlist = (f"\n\nDecoding uses the vocabulary shortlist `{VMAP}` (built from the training corpus by "
                  "`pipeline.vmap`): each batch is scored against the target pieces its source pieces map to, which is "
                  "faster and can change the output. The figures below are with it.") if vmap else ""
     return f"""# {name}: CTranslate2 export
 
 A {meta['source_lang']}→{meta['target_lang']} Transformer exported from `{meta['checkpoint']}` with
 CTranslate2 {meta['ctranslate2']}: weights stored as **{meta['quantization']}** ({size / 1e6:.1f} MB for this
-whole directory). It runs without fairseq or torch.
+whole directory{checkpoint}). It runs without fairseq or torch.{model_spec}
 
 ## Use
 
@@ -100,15 +114,15 @@ whole directory). It runs without fairseq or torch.
 
 (from a checkout of this repository: it needs the `pipeline` package, `ctranslate2`, `sentencepiece`
 and `sacremoses`). Raw text in, raw text out: punctuation is Moses-normalised
-({'on' if meta.get('normalize_punctuation', True) else 'off'}), SentencePiece-encoded with `{ct2.SPM}`,
+({'on' if meta.get('normalize_punctuation', True) else 'off'}), SentencePiece-encoded with `{SPM}`,
 decoded, then SentencePiece-decoded and Moses-detokenised.{shortlist} `--compute-type` picks the computation
-(default auto: `{meta.get('compute_type', 'auto')}` of {ct2.META}, {default} on the device measured; defaults when
-auto: {', '.join(f'{k} {v}' for k, v in ct2.DEFAULT_COMPUTE_TYPE.items())}); `--beam`,
+(default auto: `{meta.get('compute_type', 'auto')}` of {META}, {default} on the device measured; defaults when
+auto: {', '.join(f'{k} {v}' for k, v in DEFAULT_COMPUTE_TYPE.items())}); `--beam`,
 `--threads`, `--inter-threads`, `--intra-threads` as in `--help`. From Python:
 
     import ctranslate2, sentencepiece
     translator = ctranslate2.Translator("DIR", compute_type="{default}")
-    sp = sentencepiece.SentencePieceProcessor(model_file="DIR/{ct2.SPM}")
+    sp = sentencepiece.SentencePieceProcessor(model_file="DIR/{SPM}")
     out = translator.translate_batch([sp.encode(text, out_type=str)], beam_size={gen['beam']}{", use_vmap=True" if vmap else ""})
     print(sp.decode(out[0].hypotheses[0]))   # (without the Moses steps of pipeline.translate)
 
@@ -127,7 +141,7 @@ Measured when exported on {platform.machine()}, {os.cpu_count()} CPUs visible; s
 ## Files
 
 `model.bin`, `config.json`, `shared_vocabulary.json` (or source/target vocabularies): the CTranslate2
-model; `{ct2.SPM}`: the SentencePiece model;{f" `{ct2.VMAP}`: the vocabulary shortlist;" if vmap else ""} `{ct2.META}`: languages, settings and these measurements.
+model; `{SPM}`: the SentencePiece model;{f" `{VMAP}`: the vocabulary shortlist;" if vmap else ""} `{META}`: languages, settings and these measurements.
 """
 
 
@@ -137,69 +151,61 @@ def main() -> None:
                                      epilog="\n".join(__doc__.splitlines()[1:]))
     parser.add_argument("--model", type=Path, required=True, help="fairseq checkpoint")
     parser.add_argument("--name", help="model name (default: the checkpoint's directory name)")
+    parser.add_argument("--spec", type=Path, help="the model's spec.json: into pipeline.json (\"spec\"), the README and the log")
     parser.add_argument("--out", type=Path, required=True, help="the export directory (replaced)")
     parser.add_argument("--data", type=Path, help="dictionaries (default: from the checkpoint)")
-    parser.add_argument("--spm", type=Path, help="SentencePiece model (default: from the data directory)")
+    parser.add_argument("--spm", type=Path, help="SentencePiece model (default: beside the checkpoint, else from the data directory)")
     parser.add_argument("--src-pieces", type=Path, required=True, help="spm-encoded evaluation source")
     parser.add_argument("--ref", type=Path, required=True, help="raw reference text")
     parser.add_argument("--set", dest="set_name", default="test", help="evaluation set name for the README")
-    parser.add_argument("--quantization", default="int8", choices=ct2.COMPUTE_TYPES, help="weights as stored")
+    parser.add_argument("--quantization", default="int8", choices=COMPUTE_TYPES, help="weights as stored")
     parser.add_argument("--compute-types", nargs="+", default=["auto", "float32"],
                         help="compute types to measure (auto: --compute-type's for the device)")
-    parser.add_argument("--compute-type", default="auto",
-                        help="the directory's default, one type or one per device (cpu=float32,cuda=float16); "
-                        f"auto: {ct2.DEFAULT_COMPUTE_TYPE}")
     parser.add_argument("--fairseq-eval", type=Path, help="the checkpoint's evaluation JSON, for the comparison")
     parser.add_argument("--no-normalize", action="store_true", help="the data stage did not normalise punctuation")
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--lenpen", type=float, default=1.0)
-    parser.add_argument("--max-len-a", type=float, default=1.2)
-    parser.add_argument("--max-len-b", type=int, default=10)
-    parser.add_argument("--max-tokens", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--inter-threads", type=int, default=None)
-    parser.add_argument("--intra-threads", type=int, default=None)
-    parser.add_argument("--cpu", action="store_true", help="measure on the CPU even where CUDA exists")
-    parser.add_argument("--speed-runs", type=int, default=1, help="decode this many times; the fastest pass is the speed")
     parser.add_argument("--vmap", type=Path, help="vocabulary shortlist (pipeline.vmap) shipped and used by default")
+    # --compute-type: the directory's default (one type or one per device), measured as "auto"
+    add_decoding_args(parser, nbest=False, fp16=False, backend=False, vmap=False, speed_runs=True)
     args = parser.parse_args()
 
     name = args.name or args.model.parent.name
-    gen = ct2.GenerationSettings(beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b)
-    batch = ct2.BatchSettings(max_tokens=args.max_tokens, batch_size=args.batch_size)
+    from pipeline.evaluate import read_spec
+
+    spec = read_spec(args.spec) if args.spec else None
+    options = SearchOptions.from_args(args)
     lines, refs = read_lines(args.src_pieces), read_lines(args.ref)
     if len(lines) != len(refs):
-        raise CorpusError(f"{args.ref}: {len(refs)} reference lines but {args.src_pieces} has {len(lines)}")
+        raise DataError(f"{args.ref}: {len(refs)} reference lines but {args.src_pieces} has {len(lines)}")
     fairseq = fairseq_figures(args.fairseq_eval)
     began = time.perf_counter()
-    ct2.parse_compute_type(args.compute_type)  # a bad value fails before the conversion
-    ct2.convert(args.model, args.out, data_dir=args.data, spm=args.spm, quantization=args.quantization,
-                extra_meta={"name": name, "normalize_punctuation": not args.no_normalize, "export_dir": str(args.out),
-                            "compute_type": args.compute_type, "use_vmap": args.vmap is not None},
-                vmap=args.vmap)
-    meta = json.loads((args.out / ct2.META).read_text(encoding="utf-8"))
-    codec = ct2.TextCodec(args.out / ct2.SPM, meta["source_lang"], meta["target_lang"], normalize=False)
-    device = ct2.pick_device(args.cpu)
+    parse_compute_type(args.compute_type)  # a bad value fails before the conversion
+    convert(args.model, args.out, data_dir=args.data, spm=args.spm, quantization=args.quantization,
+            extra_meta={"name": name, "normalize_punctuation": not args.no_normalize, "export_dir": str(args.out),
+                        "compute_type": args.compute_type, "use_vmap": args.vmap is not None,
+                        **({"spec": spec} if spec is not None else {})},
+            vmap=args.vmap)
+    meta = json.loads((args.out / META).read_text(encoding="utf-8"))
+    codec = TextCodec(args.out / SPM, meta["source_lang"], meta["target_lang"], normalize=False)
+    device = ct2_device(args.cpu)
     results: dict[str, dict[str, Any]] = {}
     seen: set[str] = set()
     for ctype in args.compute_types:
         try:
-            resolved = ct2.resolve_compute_type(args.compute_type if ctype == "auto" else ctype, device)
-        except CorpusError as err:
+            resolved = resolve_compute_type(args.compute_type if ctype == "auto" else ctype, device)
+        except BackendError as err:
             log.warning("skipping compute type %s: %s", ctype, err)
             continue
         if resolved in seen:
             continue
         seen.add(resolved)
-        results[ctype] = measure(args.out, ctype, lines, refs, codec, gen, batch, args.threads,
+        results[ctype] = measure(args.out, ctype, lines, refs, codec, options, args.threads,
                                  args.inter_threads, args.intra_threads, args.cpu, args.speed_runs)
     if not results:
-        raise CorpusError(f"none of the compute types {args.compute_types} is supported on {device}")
-    meta["decoding"] = {"beam": gen.beam, "lenpen": gen.lenpen, "max_len_a": gen.max_len_a, "max_len_b": gen.max_len_b,
-                        "max_tokens": batch.max_tokens, "batch_size": batch.batch_size}
+        raise BackendError(f"none of the compute types {args.compute_types} is supported on {device}")
+    batch = ct2_batch(options, meta, device)  # what was measured: the one given, else CTranslate2's default for the device
+    meta["decoding"] = {**options.search(), "max_tokens": batch.max_tokens, "batch_size": batch.batch_size}
     meta["evaluation"] = {"set": args.set_name, "sentences": len(lines), "ctranslate2": results, "fairseq": fairseq}
-    (args.out / ct2.META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    (args.out / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     size = directory_bytes(args.out)
     (args.out / "README.md").write_text(readme(name, meta, results, fairseq, size, args.set_name, len(lines)),
                                         encoding="utf-8")

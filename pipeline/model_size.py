@@ -25,7 +25,7 @@ import torch
 from pipeline import checkpoints
 from pipeline.checkpoints import fastpath_copies
 from pipeline.cli import run
-from pipeline.corpus import CorpusError
+from pipeline.errors import ModelError, PipelineError
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
@@ -60,17 +60,17 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
 
 def strip_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_fastpath_copies: bool = False) -> Path:
     """Write a copy of a fairseq checkpoint with only what inference needs (see checkpoints.strip)."""
-    from pipeline.decode import checkpoint_file
+    from pipeline.decoding.fairseq_model import checkpoint_file
 
     path = checkpoint_file(src)
     try:  # as saved (fairseq's loader would convert and upgrade the config)
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch/pickle raise many types for a bad file
-        raise CorpusError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+        raise ModelError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
     try:
         stripped = checkpoints.strip(state, keep_fastpath_copies)
-    except CorpusError as err:
-        raise CorpusError(f"{path}: {err}") from None
+    except PipelineError as err:  # pipeline.checkpoints' own message, with the file
+        raise ModelError(f"{path}: {err}") from None
     checkpoints.save(stripped, dst)
     return Path(dst)
 
@@ -91,7 +91,7 @@ def model_size(checkpoint: str | os.PathLike, model: torch.nn.Module | None = No
                stripped: str | os.PathLike | None = None) -> dict[str, Any]:
     """Parameter counts and checkpoint sizes; loads the model from the checkpoint unless given."""
     if model is None:
-        from pipeline.decode import load_model
+        from pipeline.decoding.fairseq_model import load_model
 
         model = load_model(checkpoint, data_dir=data_dir, cpu=True).model
     counts = count_parameters(model)
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the numbers here (default: stdout)")
     args = parser.parse_args()
     if not args.checkpoint.exists():
-        raise CorpusError(f"{args.checkpoint}: no such checkpoint")
+        raise ModelError(f"{args.checkpoint}: no such checkpoint")
     result = {"checkpoint": str(args.checkpoint), **model_size(args.checkpoint, data_dir=args.data, stripped=args.stripped)}
     text = json.dumps(result, indent=2) + "\n"
     if args.json:

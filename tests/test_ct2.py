@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SNAKEMAKE, write_config
 
-from pipeline import ct2
-from pipeline.corpus import CorpusError, read_lines
+from pipeline.corpus import read_lines
+from pipeline.decoding import BatchSettings, SearchOptions, batching, compute, ct2_dir
+from pipeline.decoding import ct2_backend as ct2
+from pipeline.decoding.convert import convert
+from pipeline.errors import BackendError, ModelError
 
 FAST = dict(max_len_a=1.2, max_len_b=10)
 
@@ -34,13 +37,13 @@ def data(smoke_data) -> Path:
 @pytest.fixture(scope="module")
 def converted(tiny_teacher, data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ct2") / "teacher"
-    ct2.convert(tiny_teacher, out, data_dir=data / "bin", spm=data / "spm" / "spm.model")
+    convert(tiny_teacher, out, data_dir=data / "bin", spm=data / "spm" / "spm.model")
     return out
 
 
 @pytest.fixture(scope="module")
 def fairseq_teacher(tiny_teacher):
-    from pipeline.decode import load_model
+    from pipeline.decoding.fairseq_model import load_model
 
     return load_model(tiny_teacher, cpu=True)
 
@@ -51,27 +54,27 @@ def fairseq_teacher(tiny_teacher):
 
 def test_batches_are_formed_as_fairseq_forms_them():
     lengths = [5, 3, 9, 3, 4, 9, 2]
-    batches = ct2.make_batches(lengths, ct2.BatchSettings(max_tokens=12))
+    batches = batching.make_batches(lengths, BatchSettings(max_tokens=12))
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     assert [[lengths[i] for i in b] for b in batches] == [[2, 3, 3], [4, 5], [9], [9]]  # padded size <= 12
-    assert ct2.make_batches(lengths, ct2.BatchSettings(max_tokens=None, batch_size=3)) == [[6, 1, 3], [4, 0, 2], [5]]
-    assert ct2.make_batches([], ct2.BatchSettings()) == []
-    assert ct2.make_batches([50], ct2.BatchSettings(max_tokens=10)) == [[0]]  # too long alone: its own batch
+    assert batching.make_batches(lengths, BatchSettings(max_tokens=None, batch_size=3)) == [[6, 1, 3], [4, 0, 2], [5]]
+    assert batching.make_batches([], BatchSettings()) == []
+    assert batching.make_batches([50], BatchSettings(max_tokens=10)) == [[0]]  # too long alone: its own batch
 
 
 def test_compute_types_and_threads():
-    assert ct2.resolve_compute_type("auto", "cpu") == ct2.DEFAULT_COMPUTE_TYPE["cpu"]
-    assert ct2.resolve_compute_type("cpu=int8,cuda=float16", "cpu") == "int8"
-    assert ct2.resolve_compute_type("float32", "cpu") == "float32"
-    with pytest.raises(CorpusError, match="not supported on cpu"):
-        ct2.resolve_compute_type("float16", "cpu")
-    with pytest.raises(CorpusError, match="DEVICE=TYPE"):
-        ct2.resolve_compute_type("tpu=int8", "cpu")
-    assert ct2.split_threads(4, device="cuda") == (1, 4)
-    assert ct2.split_threads(4) == ((4, 1) if ct2.DEFAULT_INTER_THREADS == "all" else (1, 4))
-    assert ct2.split_threads(4, inter=2) == (2, 2)
-    assert ct2.split_threads(4, intra=1) == (4, 1)
-    assert ct2.split_threads(4, 3, 3) == (3, 3)
+    assert compute.resolve_compute_type("auto", "cpu") == compute.DEFAULT_COMPUTE_TYPE["cpu"]
+    assert compute.resolve_compute_type("cpu=int8,cuda=float16", "cpu") == "int8"
+    assert compute.resolve_compute_type("float32", "cpu") == "float32"
+    with pytest.raises(BackendError, match="not supported on cpu"):
+        compute.resolve_compute_type("float16", "cpu")
+    with pytest.raises(BackendError, match="DEVICE=TYPE"):
+        compute.resolve_compute_type("tpu=int8", "cpu")
+    assert compute.split_threads(4, device="cuda") == (1, 4)
+    assert compute.split_threads(4) == ((4, 1) if compute.DEFAULT_INTER_THREADS == "all" else (1, 4))
+    assert compute.split_threads(4, inter=2) == (2, 2)
+    assert compute.split_threads(4, intra=1) == (4, 1)
+    assert compute.split_threads(4, 3, 3) == (3, 3)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -79,35 +82,33 @@ def test_compute_types_and_threads():
 
 
 def test_conversion_writes_a_self_contained_directory(converted):
-    for name in ("model.bin", "config.json", ct2.SPM, ct2.META):
+    for name in ("model.bin", "config.json", ct2_dir.SPM, ct2_dir.META):
         assert (converted / name).is_file(), name
-    meta = json.loads((converted / ct2.META).read_text())
+    meta = json.loads((converted / ct2_dir.META).read_text())
     assert meta["source_lang"] == "de" and meta["target_lang"] == "en" and meta["quantization"] == "float32"
     assert json.loads((converted / "config.json").read_text())["layer_norm_epsilon"] == pytest.approx(1e-5)
     assert not list(converted.parent.glob(".*tmp*"))  # the temporary directory is gone
 
 
 def test_float32_greedy_matches_fairseq_token_for_token(converted, fairseq_teacher, data):
-    from pipeline.decode import GenerationSettings, decode_lines
+    from pipeline.decoding.fairseq_backend import decode_lines
 
     lines = read_lines(data / "spm" / "test.de")[:8]
-    gen = GenerationSettings(beam=1, **FAST)
+    gen = SearchOptions(beam=1, **FAST)
     expected = decode_lines(fairseq_teacher, lines, gen)
     model = ct2.load(converted, compute_type="float32", threads=1)
     got = ct2.decode_lines(model, lines, gen)
     assert [n[0].tokens for n in got] == [n[0].tokens for n in expected]
     assert [n[0].length for n in got] == [n[0].length for n in expected]
-    # fairseq's score convention, forced EOS at the length cap included (see pipeline.ct2 for what remains)
+    # fairseq's score convention, forced EOS at the length cap included (see pipeline.decoding.ct2_backend for what remains)
     for g, e in zip(got, expected, strict=True):
         assert g[0].score == pytest.approx(e[0].score, abs=0.05)
 
 
 def test_nbest_lists_come_back_in_input_order(converted, data):
-    from pipeline.decode import BatchSettings, GenerationSettings
-
     lines = read_lines(data / "spm" / "train.de")[:40]
     # a fixed length cap: with max_len_a > 0 the cap is the batch's (as in fairseq), so other batches can change outputs
-    gen = GenerationSettings(beam=3, nbest=3, max_len_a=0, max_len_b=20)
+    gen = SearchOptions(beam=3, nbest=3, max_len_a=0, max_len_b=20)
     batch = BatchSettings(max_tokens=150)  # several batches, decoded concurrently
     model = ct2.load(converted, compute_type="float32", threads=2, inter_threads=2)
     forward = ct2.decode(model, lines, gen, batch)
@@ -123,25 +124,25 @@ def test_nbest_lists_come_back_in_input_order(converted, data):
 
 
 def test_not_a_model_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(CorpusError, match="no model.bin"):
+    with pytest.raises(ModelError, match="no model.bin"):
         ct2.load(tmp_path)
 
 
 def test_vocabulary_shortlist_restricts_what_can_be_generated(tiny_teacher, converted, data, tmp_path):
     from pipeline.vmap import write_vmap
 
-    with pytest.raises(CorpusError, match="no vmap.txt"):
+    with pytest.raises(ModelError, match="no vmap.txt"):
         ct2.load(converted, use_vmap=True)
     lines = read_lines(data / "spm" / "test.de")[:20]
-    gen = ct2.GenerationSettings(beam=2, **FAST)
+    gen = SearchOptions(beam=2, **FAST)
     full = ct2.load(converted, compute_type="float32", threads=1)
     produced = [p for n in ct2.decode_lines(full, lines, gen) for p in n[0].tokens.split()]
     allowed = sorted(set(produced), key=produced.count)[-3:]  # three of the pieces the teacher uses most
     vmap = tmp_path / "vmap.txt"
     write_vmap(vmap, allowed, {})
-    out = ct2.convert(tiny_teacher, tmp_path / "with_vmap", data_dir=data / "bin", spm=data / "spm" / "spm.model",
+    out = convert(tiny_teacher, tmp_path / "with_vmap", data_dir=data / "bin", spm=data / "spm" / "spm.model",
                       vmap=vmap)
-    assert (out / ct2.VMAP).is_file() and json.loads((out / ct2.META).read_text())["vmap"] == ct2.VMAP
+    assert (out / ct2_dir.VMAP).is_file() and json.loads((out / ct2_dir.META).read_text())["vmap"] == ct2_dir.VMAP
     assert not ct2.load(out).use_vmap  # stored, not used unless asked (or chosen by an export)
     short = ct2.load(out, compute_type="float32", threads=1, use_vmap=True)
     assert short.runtime_info()["vocabulary_shortlist"] is True
@@ -183,18 +184,18 @@ EPYC = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags
 def test_translate_batches_a_ctranslate2_directory_as_its_export_measured_it():
     import argparse
 
-    from pipeline.translate import ct2_batch
+    from pipeline.decoding.batching import ct2_batch
 
     def args(max_tokens=None, batch_size=None):
         return argparse.Namespace(max_tokens=max_tokens, batch_size=batch_size)
 
     exported = {"decoding": {"max_tokens": 1000, "batch_size": 8}}
-    assert ct2_batch(args(), exported) == ct2.BatchSettings(max_tokens=1000, batch_size=8)
-    assert ct2_batch(args(), {"decoding": {"max_tokens": None, "batch_size": 16}}) == ct2.BatchSettings(None, 16)
-    assert ct2_batch(args(), {}) == ct2.BatchSettings(max_tokens=1000, batch_size=8)  # a plain conversion
-    assert ct2_batch(args(batch_size=4), exported) == ct2.BatchSettings(max_tokens=None, batch_size=4)  # given wins
-    assert ct2_batch(args(max_tokens=6000), exported) == ct2.BatchSettings(max_tokens=6000, batch_size=None)
-    assert ct2_batch(args(), {}, device="cuda") == ct2.BatchSettings(max_tokens=6000, batch_size=None)
+    assert ct2_batch(args(), exported) == BatchSettings(max_tokens=1000, batch_size=8)
+    assert ct2_batch(args(), {"decoding": {"max_tokens": None, "batch_size": 16}}) == BatchSettings(None, 16)
+    assert ct2_batch(args(), {}) == BatchSettings(max_tokens=1000, batch_size=8)  # a plain conversion
+    assert ct2_batch(args(batch_size=4), exported) == BatchSettings(max_tokens=None, batch_size=4)  # given wins
+    assert ct2_batch(args(max_tokens=6000), exported) == BatchSettings(max_tokens=6000, batch_size=None)
+    assert ct2_batch(args(), {}, device="cuda") == BatchSettings(max_tokens=6000, batch_size=None)
 
 
 def test_instruction_set_variants_follow_the_cpu_and_ctranslate2s_library_choice():
@@ -241,7 +242,7 @@ def test_exported_student_translates_raw_text_without_fairseq(tiny_teacher, data
         "--beam", "2", "--max-tokens", "2000", "--threads", "1", "--compute-types", "int8", "float32",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    meta = json.loads((out / ct2.META).read_text())
+    meta = json.loads((out / ct2_dir.META).read_text())
     assert meta["quantization"] == "int8" and meta["name"] == "teacher"
     assert set(meta["evaluation"]["ctranslate2"]) == {"int8", "float32"}
     readme = (out / "README.md").read_text()
@@ -348,7 +349,7 @@ def test_vocabulary_shortlist_through_the_snakefile(smoke_data, tiny_teacher, tm
     lines = read_lines(workdir / "work/ct2/vmap.txt")
     source, targets = lines[0].split("\t")
     assert source == "" and len(targets.split()) == 50  # the always-allowed pieces
-    assert (workdir / "work/ct2/teacher" / ct2.VMAP).is_file()
+    assert (workdir / "work/ct2/teacher" / ct2_dir.VMAP).is_file()
     result = json.loads((workdir / target).read_text())
     assert result["runtime"]["vocabulary_shortlist"] is True
     assert len(read_lines(workdir / result["beam"]["hypotheses"])) == result["sentences"]

@@ -15,24 +15,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.corpus import CorpusError, read_lines
-from pipeline.decode import (
-    BatchSettings,
-    GenerationSettings,
-    TextCodec,
-    decode_dataset,
-    decode_lines,
-    lines_dataset,
-    load_model,
-    split_dataset,
-)
+from pipeline.corpus import read_lines
+from pipeline.decoding import BatchSettings, SearchOptions
+from pipeline.decoding.fairseq_backend import decode_dataset, decode_lines, lines_dataset, split_dataset
+from pipeline.decoding.fairseq_model import load_model
+from pipeline.errors import ConfigError, DataError
 from pipeline.model_size import count_parameters, fastpath_copies, strip_checkpoint
+from pipeline.spm import TextCodec
 from tests.conftest import REPO, TINY_ARCH
 
 SACREBLEU = Path(sys.executable).parent / "sacrebleu"
 # Short hypotheses keep the (untrained, looping) tiny teacher fast.
 FAST = ["--beam", "2", "--max-len-a", "0", "--max-len-b", "8"]
-FAST_GEN = GenerationSettings(beam=2, max_len_a=0, max_len_b=8)
+FAST_GEN = SearchOptions(beam=2, max_len_a=0, max_len_b=8)
 
 
 def run_stage(module: str, *args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -108,7 +103,7 @@ def test_extra_set_from_raw_text_decodes_like_the_binarised_split(teacher, data)
     codec = TextCodec(data / "spm" / "spm.model", "de", "en")
     encoded = [codec.encode(line) for line in read_lines(data / "raw" / "test.de")]
     assert encoded == read_lines(data / "spm" / "test.de")
-    batch, greedy = BatchSettings(max_tokens=1000), GenerationSettings(beam=1, max_len_a=0, max_len_b=5)
+    batch, greedy = BatchSettings(max_tokens=1000), SearchOptions(beam=1, max_len_a=0, max_len_b=5)
     from_bin = decode_dataset(teacher, split_dataset(teacher, "test"), greedy, batch).hypotheses
     from_text = decode_dataset(teacher, lines_dataset(teacher, encoded), greedy, batch).hypotheses
     assert [n[0].tokens for n in from_text] == [n[0].tokens for n in from_bin]
@@ -116,7 +111,7 @@ def test_extra_set_from_raw_text_decodes_like_the_binarised_split(teacher, data)
 
 def test_decode_lines_returns_nbest_in_input_order(teacher, data):
     lines = read_lines(data / "spm" / "test.de")[:8]
-    gen = GenerationSettings(beam=3, nbest=3, max_len_a=0, max_len_b=6)
+    gen = SearchOptions(beam=3, nbest=3, max_len_a=0, max_len_b=6)
     one = BatchSettings(batch_size=1)  # each line alone: outputs cannot depend on batch neighbours
     forward = decode_lines(teacher, lines, gen, one)
     backward = decode_lines(teacher, lines[::-1], gen, one)
@@ -194,7 +189,7 @@ def test_evaluate_rejects_misaligned_reference(tiny_teacher, data, tmp_path, mon
         "evaluate", "--model", str(tiny_teacher), "--set", "test", "--split", "test", "--ref", str(ref),
         "--json", str(tmp_path / "out.json"), "--cpu",
     ])
-    with pytest.raises(CorpusError, match="1 reference lines"):
+    with pytest.raises(DataError, match="1 reference lines"):
         evaluate.main()
     assert not (tmp_path / "out.json").exists()
 
@@ -213,8 +208,8 @@ def test_checkpoint_trained_with_plugins_elsewhere_loads(tiny_teacher, teacher, 
 
 
 def test_fastest_of_keeps_first_hypotheses_and_fastest_timing():
+    from pipeline.decoding import Decoded, DecodeStats, Hypothesis
     from pipeline.evaluate import fastest_of
-    from pipeline.search import Decoded, DecodeStats, Hypothesis
 
     passes = iter([3.0, 1.5, 2.0])
 
@@ -226,5 +221,5 @@ def test_fastest_of_keeps_first_hypotheses_and_fastest_timing():
     assert seconds == [3.0, 1.5, 2.0]
     assert decoded.stats.seconds == 1.5 and decoded.stats.sentences_per_s == 2.0
     assert decoded.hypotheses[0][0].tokens == "pass 3.0"
-    with pytest.raises(CorpusError, match="speed-runs 0"):
+    with pytest.raises(ConfigError, match="speed-runs 0"):
         fastest_of(decode, 0)

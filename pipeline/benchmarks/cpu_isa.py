@@ -103,13 +103,14 @@ def run_variant(variant: Variant, model_dir: Path, lines: list[str], compute_typ
 
 
 def worker(args: argparse.Namespace) -> None:
-    from pipeline import ct2
     from pipeline.corpus import read_lines
+    from pipeline.decoding import BatchSettings, SearchOptions
+    from pipeline.decoding import ct2_backend as ct2
 
     lines = read_lines(args.src)
     model = ct2.load(args.model, compute_type=args.compute_type, inter_threads=args.inter, intra_threads=args.intra)
-    gen = ct2.GenerationSettings(**json.loads(args.gen))
-    decoded_batch = ct2.BatchSettings(max_tokens=args.max_tokens, batch_size=args.batch_size)
+    gen = SearchOptions(**json.loads(args.gen))
+    decoded_batch = BatchSettings(max_tokens=args.max_tokens, batch_size=args.batch_size)
     decoded = ct2.decode(model, lines, gen, decoded_batch, warmup=True)
     test = ct2.decode_lines(model, read_lines(args.test_src), gen, decoded_batch) if args.test_src else []
     args.out.write_text(json.dumps({"compute_type": model.compute_type, "speed": decoded.stats.as_dict(),
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--intra", type=int, default=1)
     parser.add_argument("--max-tokens", type=int)
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--gen", default="{}", help="GenerationSettings as JSON")
+    parser.add_argument("--gen", default="{}", help="SearchOptions as JSON")
     args = parser.parse_args(argv)
     if not args.worker:  # without --worker: what this CPU offers and which variants a benchmark would run
         cpu = cpu_description()

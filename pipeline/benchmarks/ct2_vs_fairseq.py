@@ -4,7 +4,7 @@
         --src work/data/spm/train.de --n 5000 --beam 5 [--threads 2] [--json results/benchmarks/ct2.json]
     python -m pipeline.benchmarks.ct2_vs_fairseq --model CKPT --src SPM_TRAIN --quick     # seconds
 
-1. fairseq (pipeline.decode, as the distillation shards and the evaluation run it) decodes the
+1. fairseq (pipeline.decoding's fairseq backend, as the distillation shards and the evaluation run it) decodes the
    first --n training sentences with the torch thread count that was fastest on the tuning
    sentences (1 or --threads: on a loaded machine one thread can beat two): the reference speed
    and hypotheses.
@@ -26,7 +26,8 @@
    per instruction-set variant of pipeline.benchmarks.cpu_isa (the default, each cap below this
    CPU's best: no AMX, AVX2 only; on Intel also oneDNN instead of MKL; --no-isa to skip): how much
    of the ratio is this CPU's int8 instructions.
-The fastest compute type is the one `auto` should pick on this device (pipeline.ct2.DEFAULT_COMPUTE_TYPE).
+The fastest compute type is the one `auto` should pick on this device (pipeline.decoding.compute.DEFAULT_COMPUTE_TYPE).
+Both backends are opened by pipeline.decoding.open_backend and decode through the same call.
 The speeds exclude model loading and a warm-up batch. The machine's load average is printed: on a
 shared machine the ratios, measured minutes apart, are only as steady as the load.
 """
@@ -39,13 +40,17 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline import ct2
 from pipeline.benchmarks import cpu_isa
-from pipeline.corpus import CorpusError, read_lines
+from pipeline.corpus import read_lines
+from pipeline.decoding import SearchOptions, add_decoding_args, open_backend
+from pipeline.decoding import ct2_backend as ct2
+from pipeline.decoding.compute import DEFAULT_COMPUTE_TYPE
+from pipeline.decoding.convert import convert
+from pipeline.errors import DataError
 from pipeline.vmap import build_vmap, reachable, write_vmap
 
 log = logging.getLogger("pipeline.benchmarks.ct2_vs_fairseq")
@@ -64,10 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--test-ref", type=Path, help="raw test reference (default: ../raw/test.<tgt> of --src's directory)")
     parser.add_argument("--test-n", type=int, help="test sentences (default: all; --quick 100)")
     parser.add_argument("--spm", type=Path, help="SentencePiece model (default: found from the data directory)")
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--lenpen", type=float, default=1.0)
-    parser.add_argument("--max-len-a", type=float, default=1.2)
-    parser.add_argument("--max-len-b", type=int, default=10)
+    add_decoding_args(parser, nbest=False, batch=False, device=False, fp16=False, backend=False, ctranslate2=False,
+                      vmap=False)
     parser.add_argument("--fairseq-max-tokens", type=int, default=6000, help="fairseq's batch (its fastest measured here)")
     parser.add_argument("--threads", type=int, default=None, help="threads for every backend (default: all cores)")
     parser.add_argument("--compute-types", nargs="+", help="default: every type this device supports (--quick: float32 int8)")
@@ -107,28 +110,27 @@ def batch_label(trial: dict[str, Any]) -> str:
     return f"{trial['max_tokens']} tokens" if trial.get("max_tokens") else f"{trial['batch_size']} sentences"
 
 
-def tune(directory: Path, ctype: str, use_vmap: bool, splits: list[tuple[int, int]], lines: list[str], gen,
-         max_tokens: list[int], batch_sizes: list[int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def tune(directory: Path, ctype: str, use_vmap: bool, splits: list[tuple[int, int]], lines: list[str],
+         gen: SearchOptions, max_tokens: list[int], batch_sizes: list[int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(best setting, every trial): each thread split x batch in tokens and in sentences, then the best unsorted."""
     trials = []
     for inter, intra in splits:
-        model = ct2.load(directory, compute_type=ctype, inter_threads=inter, intra_threads=intra, use_vmap=use_vmap)
+        backend = open_backend(directory, compute_type=ctype, inter_threads=inter, intra_threads=intra, use_vmap=use_vmap)
         for n_tokens, n_sentences in [(n, None) for n in max_tokens] + [(None, n) for n in batch_sizes]:
-            settings = ct2.BatchSettings(max_tokens=n_tokens, batch_size=n_sentences)
-            stats = ct2.decode(model, lines, gen, settings, warmup=True).stats
+            stats = backend.decode(lines, replace(gen, max_tokens=n_tokens, batch_size=n_sentences), warmup=True).stats
             trials.append({"inter": inter, "intra": intra, "max_tokens": n_tokens, "batch_size": n_sentences,
                            "sorted": True, "sentences_per_s": stats.sentences_per_s})
-        del model
+        del backend
     best = max(trials, key=lambda t: t["sentences_per_s"])
     model = ct2.load(directory, compute_type=ctype, inter_threads=best["inter"], intra_threads=best["intra"],
                      use_vmap=use_vmap)
-    settings = ct2.BatchSettings(max_tokens=best["max_tokens"], batch_size=best["batch_size"])
-    stats = ct2.decode(model, lines, gen, settings, warmup=True, sort=False).stats
+    settings = replace(gen, max_tokens=best["max_tokens"], batch_size=best["batch_size"])
+    stats = ct2.decode(model, lines, settings, warmup=True, sort=False).stats  # CTranslate2 only: unsorted batches
     trials.append({**best, "sorted": False, "sentences_per_s": stats.sentences_per_s})
     return best, trials
 
 
-def isa_sweep(int8: dict[str, Any], model_dir: Path, lines: list[str], ctype: str, gen, fairseq_speed: float,
+def isa_sweep(int8: dict[str, Any], model_dir: Path, lines: list[str], ctype: str, gen: SearchOptions, fairseq_speed: float,
               fairseq_best: list[str], cpu: dict[str, Any], test_lines: list[str], test_score,
               fairseq_bleu: float) -> list[dict[str, Any]]:
     """int8 at its best setting under each instruction-set variant (child processes): speed, ratio, identical, BLEU.
@@ -158,37 +160,30 @@ def bleu(hyps: list[str], refs: list[str]) -> float:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    import ctranslate2
     import torch
 
-    from pipeline.decode import (
-        BatchSettings,
-        GenerationSettings,
-        TextCodec,
-        decode_dataset,
-        find_spm,
-        lines_dataset,
-        load_model,
-    )
+    from pipeline.spm import TextCodec
 
     torch.set_num_threads(args.threads)
     corpus = read_lines(args.src)  # the shortlist is built from all of it
     lines = corpus[: args.n]
     if len(lines) < args.n:
-        raise CorpusError(f"{args.src}: {len(lines)} lines, fewer than --n {args.n}")
-    lm = load_model(args.model, data_dir=args.data, cpu=True)
+        raise DataError(f"{args.src}: {len(lines)} lines, fewer than --n {args.n}")
+    lm = open_backend(args.model, backend="fairseq", data_dir=args.data, cpu=True)
     lang = args.src.name.rsplit(".", 1)[-1]
     test_src = args.test_src or args.src.with_name(f"test.{lang}")
     tgt_path = args.tgt or args.src.with_name(f"train.{lm.target_lang}")
     if not args.no_vmap and not tgt_path.is_file():
-        raise CorpusError(f"{tgt_path}: no target side for the vocabulary shortlist (pass --tgt, or --no-vmap)")
+        raise DataError(f"{tgt_path}: no target side for the vocabulary shortlist (pass --tgt, or --no-vmap)")
     test_ref = args.test_ref or args.src.parent.parent / "raw" / f"test.{lm.target_lang}"
     test_lines, refs = read_lines(test_src)[: args.test_n], read_lines(test_ref)[: args.test_n]
     if len(test_lines) != len(refs):
-        raise CorpusError(f"{test_ref}: {len(refs)} lines but {test_src} has {len(test_lines)}")
-    codec = TextCodec(find_spm(lm, args.spm), lm.source_lang, lm.target_lang, normalize=False)
-    gen = GenerationSettings(beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b)
-    device = ct2.pick_device()
-    supported = ct2.ctranslate2.get_supported_compute_types(device)
+        raise DataError(f"{test_ref}: {len(refs)} lines but {test_src} has {len(test_lines)}")
+    codec = TextCodec(lm.spm_model(args.spm), lm.source_lang, lm.target_lang, normalize=False)
+    gen = SearchOptions.from_args(args, max_tokens=None, batch_size=None)  # batches: below, per backend
+    device = ct2.ct2_device()
+    supported = ctranslate2.get_supported_compute_types(device)
     types = args.compute_types or (["float32", "int8"] if args.quick else
                                    [t for t in ("float32", "float16", "bfloat16", "int8_float16", "int8_float32", "int8", "int16")
                                     if t in supported])
@@ -202,19 +197,18 @@ def main(argv=None) -> None:
           f"CTranslate2's int8 GEMM: {report['cpu']['int8_gemm']}", flush=True)
 
     # 1. fairseq, with its faster thread count
-    fs_batch = BatchSettings(max_tokens=args.fairseq_max_tokens)
+    fs_gen = replace(gen, max_tokens=args.fairseq_max_tokens)
     fs_trials = {}
     for threads in sorted({1, args.threads}):
         torch.set_num_threads(threads)
-        fs_trials[threads] = decode_dataset(lm, lines_dataset(lm, lines[: args.tune_n]), gen, fs_batch,
-                                            warmup=True).stats.sentences_per_s
+        fs_trials[threads] = lm.decode(lines[: args.tune_n], fs_gen, warmup=True).stats.sentences_per_s
     fs_threads = max(fs_trials, key=fs_trials.__getitem__)
     torch.set_num_threads(fs_threads)
     print("  fairseq tuning (torch threads: sent/s): " + ", ".join(f"{t}: {v:.1f}" for t, v in fs_trials.items()),
           flush=True)
-    fs = decode_dataset(lm, lines_dataset(lm, lines), gen, fs_batch, warmup=True)
+    fs = lm.decode(lines, fs_gen, warmup=True)
     fs_best = [n[0].tokens for n in fs.hypotheses]
-    fs_test = decode_dataset(lm, lines_dataset(lm, test_lines), gen, fs_batch, warmup=True)
+    fs_test = lm.decode(test_lines, fs_gen, warmup=True)
     fs_bleu = bleu([codec.decode(n[0].tokens) for n in fs_test.hypotheses], refs)
     report["fairseq"] = {"speed": fs.stats.as_dict(), "test_bleu": fs_bleu, "max_tokens": args.fairseq_max_tokens,
                          "threads": fs_threads, "trials": fs_trials}
@@ -225,15 +219,15 @@ def main(argv=None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="ct2_bench_") as tmp:
         began = time.perf_counter()
-        model_dir = ct2.convert(lm.path, Path(tmp) / "model", data_dir=lm.data_dir, spm=args.spm)
+        model_dir = convert(lm.path, Path(tmp) / "model", data_dir=lm.data_dir, spm=args.spm)
         report["conversion_seconds"] = time.perf_counter() - began
         vmap_dir = None
         if not args.no_vmap:
             always, mapping = build_vmap(corpus, read_lines(tgt_path), args.vmap_frequent,
                                          args.vmap_per_source)
             write_vmap(Path(tmp) / "vmap.txt", always, mapping)
-            vmap_dir = ct2.convert(lm.path, Path(tmp) / "model_vmap", data_dir=lm.data_dir, spm=args.spm,
-                                   vmap=Path(tmp) / "vmap.txt")
+            vmap_dir = convert(lm.path, Path(tmp) / "model_vmap", data_dir=lm.data_dir, spm=args.spm,
+                               vmap=Path(tmp) / "vmap.txt")
             report["vmap"] = {"source": str(args.src), "target": str(tgt_path), "frequent": args.vmap_frequent,
                               "per_source": args.vmap_per_source, "source_pieces": len(mapping),
                               "reachable_target_pieces": len(reachable(always, mapping))}
@@ -241,7 +235,8 @@ def main(argv=None) -> None:
         results: dict[str, Any] = {}
         runs_as: dict[str, str] = {}
         for ctype in types:
-            actual = runs_as[ctype] = ct2.load(model_dir, compute_type=ctype, inter_threads=1, intra_threads=1).compute_type
+            actual = runs_as[ctype] = open_backend(model_dir, compute_type=ctype, inter_threads=1,
+                                                   intra_threads=1).runtime_info()["compute_type"]
             if actual != ctype and actual in types:  # e.g. int8 runs as int8_float32 on a CPU
                 print(f"  {ctype}: runs as {actual} on {device}: measured under that name", flush=True)
                 continue
@@ -255,15 +250,15 @@ def main(argv=None) -> None:
                 tried = ", ".join(f"{t['inter']}x{t['intra']}/{batch_label(t)}{'' if t['sorted'] else '/unsorted'}: "
                                   f"{t['sentences_per_s']:.0f}" for t in trials)
                 print(f"  {name} tuning ({args.tune_n} sentences, inter x intra / batch: sent/s): {tried}", flush=True)
-                model = ct2.load(directory, compute_type=ctype, inter_threads=best["inter"], intra_threads=best["intra"],
-                                 use_vmap=use_vmap)
-                batch = ct2.BatchSettings(max_tokens=best["max_tokens"], batch_size=best["batch_size"])
-                full = ct2.decode(model, lines, gen, batch, warmup=True)
+                backend = open_backend(directory, compute_type=ctype, inter_threads=best["inter"],
+                                       intra_threads=best["intra"], use_vmap=use_vmap)
+                best_gen = replace(gen, max_tokens=best["max_tokens"], batch_size=best["batch_size"])
+                full = backend.decode(lines, best_gen, warmup=True)
                 same = [a == n[0].tokens for a, n in zip(fs_best, full.hypotheses, strict=True)]
                 identical = sum(same) / len(lines)
                 free = [i for i, n in enumerate(full.hypotheses) if not fs_capped[i] and n[0].length < cap[i]]
                 identical_uncapped = sum(same[i] for i in free) / len(free) if free else float("nan")
-                test = ct2.decode(model, test_lines, gen, batch, warmup=True)
+                test = backend.decode(test_lines, best_gen, warmup=True)
                 test_bleu = bleu([codec.decode(n[0].tokens) for n in test.hypotheses], refs)
                 r = results[name] = {
                     "best": best, "trials": trials, "speed": full.stats.as_dict(), "vmap": use_vmap,
@@ -274,7 +269,7 @@ def main(argv=None) -> None:
                 print(f"  {name}: {full.stats.sentences_per_s:.1f} sent/s = {r['ratio']:.2f}x fairseq; identical "
                       f"{identical:.1%} ({identical_uncapped:.1%} of {len(free)} uncapped); test BLEU {test_bleu:.2f} "
                       f"(loss {r['bleu_loss']:+.2f})", flush=True)
-                del model
+                del backend
         int8 = next((t for t in (runs_as.get("int8"), "int8") if t in results), None)  # measured under either name
         if device == "cpu" and not args.no_isa and int8:
             report["isa"] = isa_sweep(results[int8], model_dir, lines, int8, gen, fs.stats.sentences_per_s, fs_best,
@@ -297,9 +292,9 @@ def main(argv=None) -> None:
               f"| {r['identical_uncapped']:.1%} | {r['test_bleu']:.2f} | {r['bleu_loss']:+.2f} |")
     plain = [t for t in results if not results[t]["vmap"]]
     fastest = max(plain, key=lambda t: results[t]["speed"]["sentences_per_s"])
-    current = ct2.DEFAULT_COMPUTE_TYPE[device]
+    current = DEFAULT_COMPUTE_TYPE[device]
     same = fastest in (current, runs_as.get(current))  # int8 is int8_float32 on a CPU
-    print(f"fastest compute type on {device}: {fastest} (pipeline.ct2.DEFAULT_COMPUTE_TYPE['{device}'] = {current}"
+    print(f"fastest compute type on {device}: {fastest} (pipeline.decoding.compute.DEFAULT_COMPUTE_TYPE['{device}'] = {current}"
           f"{', which runs as ' + runs_as[current] if runs_as.get(current, current) != current else ''}"
           f"{'' if same else ': update it'}); conversion {report['conversion_seconds']:.1f} s")
     report["fastest"] = fastest

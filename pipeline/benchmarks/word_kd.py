@@ -194,7 +194,8 @@ def main(argv=None) -> dict:
     from fairseq import models, tasks
     from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 
-    from fairseq_plugins.criterions.word_kd import WordKDCriterion, count_parameters
+    from fairseq_plugins.criterions.word_kd import WordKDCriterion
+    from pipeline.model_size import count_parameters
 
     device = torch.device(args.device)
     dtype = torch.float16 if args.fp16 else torch.float32
@@ -267,8 +268,8 @@ def main(argv=None) -> dict:
     ntok, nsent = int(sample["ntokens"]), int(sample["target"].size(0))
     print(f"word-KD benchmark ({'quick' if args.quick else 'prototype sizes'}), device {device}, dtype {dtype}, "
           f"torch threads {torch.get_num_threads()}")  # fmt: skip
-    print(f"  teacher {count_parameters(teacher) / 1e6:.2f}M params {sizes['teacher']}, "
-          f"student {count_parameters(student) / 1e6:.2f}M params {sizes['student']}, vocabulary {args.vocab}")  # fmt: skip
+    print(f"  teacher {count_parameters(teacher)['parameters'] / 1e6:.2f}M params {sizes['teacher']}, "
+          f"student {count_parameters(student)['parameters'] / 1e6:.2f}M params {sizes['student']}, vocabulary {args.vocab}")  # fmt: skip
     print(f"  batch: {nsent} sentences, {ntok} target tokens; {args.reps} timed repetitions (median), "
           f"{args.warmup} warm-up; MALLOC_MMAP_MAX_={os.environ.get('MALLOC_MMAP_MAX_', 'unset')}")  # fmt: skip
     labels = {

@@ -1,45 +1,9 @@
-"""Decoding settings and results shared by both backends (pipeline.decode: fairseq; pipeline.ct2).
-
-Torch-free on purpose: a CTranslate2 export decodes without torch or fairseq installed.
-"""
+"""What a decoding returns, whichever backend ran it: n-best lists in input order, and its timing. Torch-free."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-from pipeline.corpus import CorpusError
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Search settings (fairseq-generate's names). Greedy is beam=1."""
-
-    beam: int = 5
-    nbest: int = 1
-    lenpen: float = 1.0
-    max_len_a: float = 0.0
-    max_len_b: int = 200
-    min_len: int = 1
-    unkpen: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.beam < 1:
-            raise CorpusError(f"beam size must be >= 1 (got {self.beam})")
-        if not 1 <= self.nbest <= self.beam:
-            raise CorpusError(f"nbest must be between 1 and the beam size {self.beam} (got {self.nbest})")
-
-
-@dataclass(frozen=True)
-class BatchSettings:
-    """Batches capped by padded source tokens and/or sentences, as in fairseq."""
-
-    max_tokens: int | None = 6000
-    batch_size: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_tokens is None and self.batch_size is None:
-            object.__setattr__(self, "max_tokens", 6000)
 
 
 @dataclass

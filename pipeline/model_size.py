@@ -26,6 +26,7 @@ from pipeline import checkpoints
 from pipeline.checkpoints import fastpath_copies
 from pipeline.cli import run
 from pipeline.corpus import CorpusError
+from pipeline.errors import ModelError
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
@@ -69,8 +70,8 @@ def strip_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_fastpa
         raise CorpusError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
     try:
         stripped = checkpoints.strip(state, keep_fastpath_copies)
-    except CorpusError as err:
-        raise CorpusError(f"{path}: {err}") from None
+    except ModelError as err:
+        raise ModelError(f"{path}: {err}") from None
     checkpoints.save(stripped, dst)
     return Path(dst)
 

@@ -111,7 +111,8 @@ def test_nothing_readable_fails_naming_the_file_and_moves_nothing(tmp_path: Path
 # The real CLI: train, damage checkpoint_last.pt as a killed copy leaves it, rerun.
 
 
-def train_cli(data: Path, save_dir: Path, max_update: int) -> subprocess.CompletedProcess:
+def train_cli(data: Path, save_dir: Path, max_update: int, env: dict[str, str] | None = None,
+              ) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pipeline.train", "--data", str(data), "--save-dir", str(save_dir),
            "--output", str(save_dir.parent / "model.pt"), "--metrics", str(save_dir.parent / "metrics.jsonl"),
            "--preset", "tiny", "--",
@@ -119,7 +120,9 @@ def train_cli(data: Path, save_dir: Path, max_update: int) -> subprocess.Complet
            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--seed", "1",
            "--max-tokens", "2000", "--max-update", str(max_update), "--save-interval-updates", "10",
            "--validate-interval-updates", "10", "--num-workers", "0", "--log-interval", "10"]
-    return subprocess.run(cmd, cwd=REPO, text=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    env = {**os.environ, **(env or {})}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return subprocess.run(cmd, cwd=REPO, text=True, capture_output=True, env=env)
 
 
 def test_rerun_resumes_from_the_interval_checkpoint_after_a_killed_copy(smoke_data: Path, tmp_path: Path):
@@ -161,3 +164,73 @@ def test_rerun_with_no_readable_checkpoint_fails_in_one_line(smoke_data: Path, t
         "from scratch)"), errors[0])
     assert "Traceback" not in second.stderr
     assert not (save_dir.parent / "model.pt").exists() and (save_dir / "checkpoint_last.pt").exists()
+
+
+# Imported by every Python process started with its directory on PYTHONPATH: fairseq-train copies a checkpoint
+# with shutil.copyfile (fairseq as published) or shutil.copyfileobj (patched, into checkpoint_last.pt.tmp).
+KILL_AT_COPY = """
+import os, shutil, signal
+
+_SRC = os.environ["KILL_AT_COPY"]  # the end of the checkpoint's name being copied to checkpoint_last.pt
+_copyfile, _copyfileobj = shutil.copyfile, shutil.copyfileobj
+
+
+def _die_halfway(src, dst):
+    data = src.read()
+    dst.write(data[: len(data) // 2])
+    dst.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def copyfile(src, dst, *, follow_symlinks=True):
+    if str(src).endswith(_SRC) and "checkpoint_last" in str(dst):
+        with open(src, "rb") as s, open(dst, "wb") as d:
+            _die_halfway(s, d)
+    return _copyfile(src, dst, follow_symlinks=follow_symlinks)
+
+
+def copyfileobj(fsrc, fdst, length=0):
+    if str(getattr(fsrc, "name", "")).endswith(_SRC) and "checkpoint_last" in str(getattr(fdst, "name", "")):
+        _die_halfway(fsrc, fdst)
+    return _copyfileobj(fsrc, fdst, length)
+
+
+shutil.copyfile, shutil.copyfileobj = copyfile, copyfileobj
+"""
+
+
+def test_training_killed_while_copying_checkpoint_last_finishes_on_rerun(smoke_data: Path, tmp_path: Path):
+    """A real kill (SIGKILL) of fairseq-train halfway through copying update 20 to checkpoint_last.pt. With the
+    patched fairseq (atomic copies) checkpoint_last.pt still holds update 10 and the run resumes there; with
+    fairseq as published it is truncated and the run resumes from the interval checkpoint of update 20."""
+    import fairseq
+
+    from pipeline.build_fairseq import LOCAL_VERSION
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_AT_COPY)
+    save_dir = tmp_path / "model" / "checkpoints"
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p),
+           "KILL_AT_COPY": "_20.pt"}
+    killed = train_cli(smoke_data / "work/data/bin", save_dir, max_update=30, env=env)
+    assert killed.returncode == 1 and "fairseq-train failed with exit status -9" in killed.stderr, killed.stderr[-3000:]
+    assert not (save_dir.parent / "model.pt").exists()
+    (interval,) = save_dir.glob("checkpoint_*_20.pt")
+    last = save_dir / "checkpoint_last.pt"
+    patched = fairseq.__version__ == LOCAL_VERSION
+    if patched:  # the half copy is a temporary file; checkpoint_last.pt is whole
+        half = (save_dir / "checkpoint_last.pt.tmp").stat().st_size
+        assert 0 < half < interval.stat().st_size
+        assert checkpoints.num_updates(checkpoints.load(last)) == 10
+
+    rerun = train_cli(smoke_data / "work/data/bin", save_dir, max_update=30)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    if patched:
+        assert "damaged" not in rerun.stderr
+        assert f"resuming from {last} at update 10" in rerun.stderr
+    else:
+        assert re.search(damaged(last) + re.escape(f": kept as checkpoint_last.pt.damaged; resuming from "
+                                                   f"{interval.name} instead (update 20)"), rerun.stderr)
+        assert f"resuming from {last} at update 20" in rerun.stderr
+    assert checkpoints.num_updates(checkpoints.load(save_dir.parent / "model.pt")) == 30

@@ -181,10 +181,12 @@ def recover_last(last: Path, damage: checkpoints.DamagedCheckpointError) -> dict
     (hard-linked, else copied) as checkpoint_last.pt.damaged, then replaced atomically by a copy of the
     fallback: checkpoint_last.pt exists at every moment, so a kill during recovery is recovered the same way.
     """
-    found = checkpoints.newest_readable(checkpoints.resume_candidates(last.parent))
+    candidates = checkpoints.resume_candidates(last.parent)
+    found = checkpoints.newest_readable(candidates)
     if found is None:
-        raise ModelError(f"{damage}; no other checkpoint in {last.parent} is readable to resume from "
-                         f"(move the directory aside to train from scratch)")
+        others = f"{', '.join(p.name for p in candidates)} unreadable too" if candidates else "no other checkpoint"
+        raise ModelError(f"{damage}; nothing to resume from in {last.parent} ({others}): "
+                         "move the directory aside to train from scratch")
     source, state, skipped = found
     for message in skipped:
         log.warning("%s: not used", message)

@@ -101,10 +101,14 @@ def test_nothing_readable_fails_naming_the_file_and_moves_nothing(tmp_path: Path
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(ModelError) as err:
         report_resume(tmp_path)
-    assert re.fullmatch(damaged(last) + re.escape(f"; no other checkpoint in {tmp_path} is readable to resume "
-                                                  "from (move the directory aside to train from scratch)"),
+    assert re.fullmatch(damaged(last) + re.escape(f"; nothing to resume from in {tmp_path} (checkpoint_1_10.pt "
+                                                  "unreadable too): move the directory aside to train from scratch"),
                         str(err.value))
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+    (tmp_path / "checkpoint_1_10.pt").unlink()
+    with pytest.raises(ModelError, match=re.escape(f"; nothing to resume from in {tmp_path} (no other checkpoint)")):
+        report_resume(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_last.pt"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,9 +163,10 @@ def test_rerun_with_no_readable_checkpoint_fails_in_one_line(smoke_data: Path, t
     assert second.returncode == 2
     errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
+    interval = next(save_dir.glob("checkpoint_*_10.pt")).name
     assert re.fullmatch("error: " + damaged(save_dir / "checkpoint_last.pt") + re.escape(
-        f"; no other checkpoint in {save_dir} is readable to resume from (move the directory aside to train "
-        "from scratch)"), errors[0])
+        f"; nothing to resume from in {save_dir} ({interval}, checkpoint_best.pt unreadable too): move the "
+        "directory aside to train from scratch"), errors[0])
     assert "Traceback" not in second.stderr
     assert not (save_dir.parent / "model.pt").exists() and (save_dir / "checkpoint_last.pt").exists()
 

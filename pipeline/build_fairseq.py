@@ -1,5 +1,8 @@
 """Build a wheel of fairseq 0.12.2 that works on Python 3.11, torch 2.13 and numpy 2.
 
+Besides those compatibility fixes, one reliability fix: fairseq's checkpoint writes become atomic
+(patch 9), so a kill mid-save never leaves a truncated checkpoint_last.pt.
+
 Standard library only: this runs before the virtual environment has anything in it.
 The sdist is pinned by version and sha256; every patch must match the 0.12.2 source exactly
 once, so a different source fails loudly instead of being half-patched.

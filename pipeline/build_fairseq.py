@@ -1,5 +1,8 @@
 """Build a wheel of fairseq 0.12.2 that works on Python 3.11, torch 2.13 and numpy 2.
 
+Besides those compatibility fixes, one reliability fix: fairseq's checkpoint writes become atomic
+(patch 9), so a kill mid-save never leaves a truncated checkpoint_last.pt.
+
 Standard library only: this runs before the virtual environment has anything in it.
 The sdist is pinned by version and sha256; every patch must match the 0.12.2 source exactly
 once, so a different source fails loudly instead of being half-patched.
@@ -20,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 VERSION = "0.12.2"
-LOCAL_VERSION = f"{VERSION}+py311.1"
+LOCAL_VERSION = f"{VERSION}+py311.2"
 SDIST_URL = (
     "https://files.pythonhosted.org/packages/30/36/"
     "db42846570f479ac859be3b48d8b47f2ae9b0b9c77487a512f2f2ecbcb6b/fairseq-0.12.2.tar.gz"
@@ -128,6 +131,74 @@ PATCHES: list[tuple[str, str, str]] = [
     ("fairseq/data/data_utils.py", "                    np.int,\n", "                    np.int64,\n"),
     ("fairseq/data/data_utils.py", 'interpolation="lower"', 'method="lower"'),
     ("fairseq/modules/dynamic_crf_layer.py", 'np.float("inf")', 'float("inf")'),
+    # 9. Checkpoint writes are not atomic: save_checkpoint writes the first checkpoint and then
+    #    PathManager.copy (shutil.copyfile without ioPath) writes the others, checkpoint_last.pt
+    #    included, in place, so a kill or preemption mid-copy leaves a truncated checkpoint_last.pt
+    #    that every resume then fails on. And when torch.save fails midway, its retry appends a second
+    #    copy to the partial bytes, a file torch cannot read, which the first save then renames into
+    #    place. Fix: every local checkpoint write (first save and copies) goes to <name>.tmp in the
+    #    same directory, is flushed and fsynced, then os.replace'd over <name> (removed on failure); a
+    #    retry rewinds and truncates first. Remote (ioPath) paths keep fairseq's own behaviour.
+    ("fairseq/checkpoint_utils.py", "import re\nimport time\n", "import re\nimport shutil\nimport time\n"),
+    (
+        "fairseq/checkpoint_utils.py",
+        "                assert PathManager.copy(\n"
+        "                    checkpoints[0], cp, overwrite=True\n"
+        '                ), f"Failed to copy {checkpoints[0]} to {cp}"\n',
+        "                _copy_checkpoint_atomically(checkpoints[0], cp)\n",
+    ),
+    (
+        "fairseq/checkpoint_utils.py",
+        '            with PathManager.open(filename + ".tmp", "wb") as f:\n'
+        "                _torch_persistent_save(obj, f)\n"
+        '            PathManager.rename(filename + ".tmp", filename)\n',
+        "            _write_atomically(filename, lambda f: _torch_persistent_save(obj, f))\n",
+    ),
+    (
+        "fairseq/checkpoint_utils.py",
+        "def _torch_persistent_save(obj, f):\n",
+        "def _write_atomically(filename, write):\n"
+        '    """Call write(f) on a temporary file beside filename, then replace filename with it.\n'
+        "\n"
+        "    filename is never a partial file: it holds its old content or the complete new one.\n"
+        '    """\n'
+        '    tmp = filename + ".tmp"\n'
+        "    try:\n"
+        '        with open(tmp, "wb") as f:\n'
+        "            write(f)\n"
+        "            f.flush()\n"
+        "            os.fsync(f.fileno())\n"
+        "        os.replace(tmp, filename)\n"
+        "    except BaseException:\n"
+        "        with contextlib.suppress(OSError):\n"
+        "            os.remove(tmp)\n"
+        "        raise\n"
+        "\n"
+        "\n"
+        "def _copy_checkpoint_atomically(src, dst):\n"
+        "    if not PathManager.supports_rename(dst):\n"
+        "        assert PathManager.copy(src, dst, overwrite=True), f\"Failed to copy {src} to {dst}\"\n"
+        "        return\n"
+        '    with open(src, "rb") as source:\n'
+        "        _write_atomically(dst, lambda f: shutil.copyfileobj(source, f, 1 << 20))\n"
+        "\n"
+        "\n"
+        "def _torch_persistent_save(obj, f):\n",
+    ),
+    (
+        "fairseq/checkpoint_utils.py",
+        "    for i in range(3):\n"
+        "        try:\n"
+        "            return torch.save(obj, f)\n",
+        '    start = f.tell() if getattr(f, "seekable", lambda: False)() else None\n'
+        "    for i in range(3):\n"
+        "        try:\n"
+        "            if i > 0 and start is not None:\n"
+        "                # overwrite the failed attempt's partial bytes instead of appending\n"
+        "                f.seek(start)\n"
+        "                f.truncate()\n"
+        "            return torch.save(obj, f)\n",
+    ),
     ("fairseq/version.txt", VERSION, LOCAL_VERSION),
 ]
 

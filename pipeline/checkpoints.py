@@ -7,13 +7,15 @@ shipped: torch.load's weights_only default), so this is our own small implementa
 from __future__ import annotations
 
 import os
+import pickle
 import re
+import shutil
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
-from pipeline.corpus import CorpusError
+from pipeline.errors import ModelError
 
 # Attributes of fairseq 0.12.2's TransformerEncoderLayerBase that duplicate its real weights
 # (self_attn.{q,k,v,out}_proj, fc1, fc2) for the BetterTransformer path; unused in training and
@@ -26,11 +28,39 @@ _EPOCH = re.compile(r"checkpoint(\d+)\.pt$")
 _UPDATE = re.compile(r"checkpoint_(\d+)_(\d+)\.pt$")
 
 
+class DamagedCheckpointError(ModelError):
+    """The file is there but torch cannot read it: truncated (a killed copy), overwritten or not a checkpoint."""
+
+
+def _reason(exc: BaseException) -> str:
+    """The first sentence of an exception's first line (torch appends a paragraph about miniz)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+
+
 def load(path: str | os.PathLike) -> dict:
+    """torch.load a checkpoint on the CPU; any failure is a ModelError naming the file."""
     path = Path(path)
     if not path.exists():
-        raise CorpusError(f"{path}: checkpoint not found")
-    return torch.load(path, map_location="cpu", weights_only=False)
+        raise ModelError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (PermissionError, IsADirectoryError) as exc:
+        raise ModelError(f"{path}: cannot read the checkpoint ({exc.strerror})") from exc
+    # What torch.load raises for a truncated or overwritten file: the zip reader (RuntimeError), the
+    # legacy-format probe (EOFError, OSError, ValueError) and the unpickler.
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise DamagedCheckpointError(f"{path}: damaged or truncated checkpoint ({_reason(exc)})") from exc
+    except Exception as exc:  # e.g. a class the pickle names that cannot be imported here
+        raise ModelError(f"{path}: cannot load the checkpoint ({type(exc).__name__}: {_reason(exc)})") from exc
+
+
+def load_training_state(path: str | os.PathLike) -> dict:
+    """load, and check that the file holds what fairseq resumes from (a dict with the model's weights)."""
+    state = load(path)
+    if not isinstance(state, dict) or "model" not in state:
+        raise DamagedCheckpointError(f"{path}: not a fairseq training checkpoint (no model weights)")
+    return state
 
 
 def num_updates(state: dict) -> int:
@@ -46,7 +76,7 @@ def latest_checkpoints(save_dir: Path, n: int) -> list[Path]:
     by_epoch = sorted((int(m.group(1)), p) for p in save_dir.glob("checkpoint*.pt") if (m := _EPOCH.search(p.name)))
     found = [p for _, p in (by_update or by_epoch)]
     if len(found) < n:
-        raise CorpusError(f"{save_dir}: averaging needs {n} numbered checkpoints, found {len(found)}")
+        raise ModelError(f"{save_dir}: averaging needs {n} numbered checkpoints, found {len(found)}")
     return found[-n:]
 
 
@@ -92,7 +122,7 @@ def strip(state: dict, keep_fastpath_copies: bool = False) -> dict:
     fast-path weight copies go too (fairseq rebuilds them on load) unless keep_fastpath_copies.
     """
     if not isinstance(state, dict) or "model" not in state or state.get("cfg") is None:
-        raise CorpusError("not a fairseq checkpoint (no model weights and config)")
+        raise ModelError("not a fairseq checkpoint (no model weights and config)")
     weights = dict(state["model"])
     if not keep_fastpath_copies:
         for key in fastpath_copies(weights):
@@ -123,3 +153,42 @@ def save(state: dict, path: str | os.PathLike) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy a checkpoint so that dst is never a partial file (a temporary file, then os.replace)."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    try:
+        with open(src, "rb") as source, open(tmp, "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+            target.flush()
+            os.fsync(target.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def resume_candidates(save_dir: Path) -> list[Path]:
+    """Checkpoints in save_dir that hold a full training state besides checkpoint_last.pt:
+    interval (checkpoint_E_U.pt) and epoch (checkpointN.pt) checkpoints, then checkpoint_best.pt."""
+    numbered = sorted(p for p in save_dir.glob("checkpoint*.pt") if _UPDATE.search(p.name) or _EPOCH.search(p.name))
+    best = save_dir / "checkpoint_best.pt"
+    return numbered + ([best] if best.exists() else [])
+
+
+def newest_readable(paths: list[Path]) -> tuple[Path, dict, list[str]] | None:
+    """The checkpoint with the most updates among those torch can read (the earliest listed among equals),
+    its state, and the DamagedCheckpointError messages of those it cannot; None when none is readable."""
+    newest: tuple[int, Path, dict] | None = None
+    damaged = []
+    for path in paths:
+        try:
+            state = load_training_state(path)
+        except DamagedCheckpointError as exc:
+            damaged.append(str(exc))
+            continue
+        if newest is None or num_updates(state) > newest[0]:
+            newest = (num_updates(state), path, state)
+    return None if newest is None else (newest[1], newest[2], damaged)

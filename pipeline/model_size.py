@@ -25,7 +25,7 @@ import torch
 from pipeline import checkpoints
 from pipeline.checkpoints import fastpath_copies
 from pipeline.cli import run
-from pipeline.errors import ModelError, PipelineError
+from pipeline.errors import ModelError
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
@@ -69,7 +69,7 @@ def strip_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_fastpa
         raise ModelError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
     try:
         stripped = checkpoints.strip(state, keep_fastpath_copies)
-    except PipelineError as err:  # pipeline.checkpoints' own message, with the file
+    except ModelError as err:  # pipeline.checkpoints' own message, with the file
         raise ModelError(f"{path}: {err}") from None
     checkpoints.save(stripped, dst)
     return Path(dst)

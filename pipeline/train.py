@@ -32,7 +32,7 @@ import torch
 
 from pipeline import checkpoints
 from pipeline.cli import run
-from pipeline.corpus import CorpusError
+from pipeline.errors import DataError, ModelError
 from pipeline.fetch import sha256
 from pipeline.presets import preset_args
 
@@ -165,9 +165,44 @@ def prepare_save_dir(save_dir: Path, identity: dict[str, Any], metrics: Path) ->
 
 def report_resume(save_dir: Path) -> None:
     last = save_dir / "checkpoint_last.pt"
-    state = checkpoints.load(last)
+    try:
+        state = checkpoints.load_training_state(last)
+    except checkpoints.DamagedCheckpointError as damage:
+        state = recover_last(last, damage)
     epoch = (state.get("extra_state") or {}).get("train_iterator", {}).get("epoch", "?")
     log.info("resuming from %s at update %d (epoch %s)", last, checkpoints.num_updates(state), epoch)
+
+
+def recover_last(last: Path, damage: checkpoints.DamagedCheckpointError) -> dict:
+    """Put the newest readable checkpoint beside a damaged checkpoint_last.pt in its place; returns its state.
+
+    fairseq writes checkpoint_last.pt as a copy of the interval, epoch or best checkpoint it has just
+    saved, so a kill mid-copy leaves a truncated file beside an intact one. The damaged file is kept
+    (hard-linked, else copied) as checkpoint_last.pt.damaged, then replaced atomically by a copy of the
+    fallback: checkpoint_last.pt exists at every moment, so a kill during recovery is recovered the same way.
+    """
+    candidates = checkpoints.resume_candidates(last.parent)
+    found = checkpoints.newest_readable(candidates)
+    if found is None:
+        others = f"{', '.join(p.name for p in candidates)} unreadable too" if candidates else "no other checkpoint"
+        raise ModelError(f"{damage}; nothing to resume from in {last.parent} ({others}): "
+                         "move the directory aside to train from scratch")
+    source, state, skipped = found
+    for message in skipped:
+        log.warning("%s: not used", message)
+    aside = last.with_name(last.name + ".damaged")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = last.with_name(f"{last.name}.damaged.{n}")
+    try:
+        os.link(last, aside)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(last, aside)
+    checkpoints.copy(source, last)
+    log.warning("%s: kept as %s; resuming from %s instead (update %d)", damage, aside.name, source.name,
+                checkpoints.num_updates(state))
+    return state
 
 
 def train_env(cmd: list[str]) -> dict[str, str]:
@@ -225,7 +260,7 @@ def main() -> None:
     args = parser.parse_args()
     extra = args.fairseq_args[1:] if args.fairseq_args[:1] == ["--"] else args.fairseq_args
     if not any(args.data.glob("dict.*.txt")):
-        raise CorpusError(f"{args.data}: no binarised data (dict.*.txt missing)")
+        raise DataError(f"{args.data}: no binarised data (dict.*.txt missing)")
     cmd = fairseq_command(args, extra)
     prepare_save_dir(args.save_dir, run_identity(cmd, args.data), args.metrics)
     train(cmd, args.metrics)

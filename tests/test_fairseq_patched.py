@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from pipeline import build_fairseq
@@ -74,3 +76,126 @@ def test_build_script_refuses_other_sources(tmp_path: Path):
     )
     assert proc.returncode != 0
     assert "applies to fairseq 0.12.2 only" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Patch 9: checkpoint writes are atomic (a temporary file beside the checkpoint, then os.replace).
+
+
+def _failing_midway(real_write, fail_times: int):
+    """A writer that writes half of what real_write would, then raises, fail_times times; then real_write."""
+    calls = []
+
+    def write(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > fail_times:
+            return real_write(obj, f, *args, **kwargs)
+        buf = io.BytesIO()
+        real_write(obj, buf, *args, **kwargs)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        f.flush()
+        raise OSError(28, "No space left on device (injected)")
+
+    return write, calls
+
+
+def test_failed_checkpoint_save_keeps_the_old_file(tmp_path: Path, monkeypatch):
+    from fairseq import checkpoint_utils
+
+    path = tmp_path / "checkpoint_last.pt"
+    checkpoint_utils.torch_persistent_save({"model": {"w": torch.zeros(1000)}}, str(path))
+    before = path.read_bytes()
+    write, calls = _failing_midway(torch.save, fail_times=3)
+    monkeypatch.setattr(torch, "save", write)
+    with pytest.raises(OSError, match="injected"):
+        checkpoint_utils.torch_persistent_save({"model": {"w": torch.ones(1000)}}, str(path))
+    assert len(calls) == 3  # fairseq's three attempts
+    assert path.read_bytes() == before  # the old checkpoint, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_last.pt"]  # no temporary file left
+
+
+def test_checkpoint_save_retry_overwrites_the_partial_attempt(tmp_path: Path, monkeypatch):
+    from fairseq import checkpoint_utils
+
+    path = tmp_path / "checkpoint_1_20.pt"
+    write, calls = _failing_midway(torch.save, fail_times=1)
+    monkeypatch.setattr(torch, "save", write)
+    checkpoint_utils.torch_persistent_save({"model": {"w": torch.arange(1000.0)}}, str(path))
+    monkeypatch.undo()
+    assert len(calls) == 2
+    # unpatched, the retry appended a whole checkpoint to the half-written one: an unreadable file
+    assert torch.equal(torch.load(path, weights_only=False)["model"]["w"], torch.arange(1000.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_1_20.pt"]
+
+
+class _Trainer:
+    """What fairseq's save_checkpoint asks of a trainer, saving a small state."""
+
+    data_parallel_rank = 0
+    should_save_checkpoint_on_current_rank = True
+    always_call_state_dict_during_save_checkpoint = False
+    checkpoint_suffix = ""
+
+    def __init__(self, updates: int):
+        self.updates = updates
+
+    def consolidate_optimizer(self):
+        pass
+
+    def get_num_updates(self):
+        return self.updates
+
+    def save_checkpoint(self, filename, extra_state):
+        from fairseq import checkpoint_utils
+
+        state = {"model": {"w": torch.full((1000,), float(self.updates))}, "extra_state": extra_state,
+                 "optimizer_history": [{"num_updates": self.updates}]}
+        checkpoint_utils.torch_persistent_save(state, filename)
+
+
+class _EpochIterator:
+    epoch = 1
+
+    def end_of_epoch(self):
+        return False
+
+    def state_dict(self):
+        return {"epoch": 1}
+
+
+def test_save_checkpoint_copies_atomically(tmp_path: Path, monkeypatch):
+    """A copy that dies midway (a kill while fairseq copies the interval checkpoint to checkpoint_last.pt)
+    leaves the previous checkpoint_last.pt whole; the next save replaces it."""
+    import shutil
+
+    from fairseq import checkpoint_utils
+    from fairseq.dataclass.configs import CheckpointConfig
+
+    monkeypatch.delattr(checkpoint_utils.save_checkpoint, "best", raising=False)
+    cfg = CheckpointConfig(save_dir=str(tmp_path), save_interval_updates=10, keep_interval_updates=5)
+    checkpoint_utils.save_checkpoint(cfg, _Trainer(10), _EpochIterator(), None)
+    last = tmp_path / "checkpoint_last.pt"
+    assert last.read_bytes() == (tmp_path / "checkpoint_1_10.pt").read_bytes()
+    before = last.read_bytes()
+
+    real_copy = shutil.copyfileobj
+    copies = []
+
+    def copy_half(src, dst, length=0):
+        copies.append(dst.name)
+        data = src.read()
+        dst.write(data[: len(data) // 2])
+        raise OSError(5, "Input/output error (injected)")
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy_half)
+    with pytest.raises(OSError, match="injected"):
+        checkpoint_utils.save_checkpoint(cfg, _Trainer(20), _EpochIterator(), None)
+    assert copies == [str(last) + ".tmp"]
+    assert last.read_bytes() == before  # update 10, whole
+    assert torch.load(tmp_path / "checkpoint_1_20.pt", weights_only=False)["optimizer_history"][-1]["num_updates"] == 20
+    assert not list(tmp_path.glob("*.tmp"))
+
+    monkeypatch.setattr(shutil, "copyfileobj", real_copy)
+    checkpoint_utils.save_checkpoint(cfg, _Trainer(30), _EpochIterator(), None)
+    assert last.read_bytes() == (tmp_path / "checkpoint_1_30.pt").read_bytes()
+    assert not list(tmp_path.glob("*.tmp"))

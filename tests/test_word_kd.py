@@ -421,3 +421,21 @@ def test_benchmark_script_runs(capsys):
     assert set(results["ratios"]) == {"kd"} and results["ratios"]["kd"] > 0
     out = capsys.readouterr().out
     assert "ratio kd" in out and "peak" in out
+
+
+def test_topk_above_the_vocabulary_warns_and_keeps_the_whole_distribution(fairseq_setup, tiny_teacher, caplog):
+    task, sample, student = fairseq_setup
+    student = copy.deepcopy(student).eval()
+    vocab = len(task.target_dictionary)
+    with caplog.at_level("WARNING", logger=word_kd.logger.name):
+        over = build(task, tiny_teacher, kd_alpha=0.0, kd_topk=vocab + 1000)
+    assert f"--kd-topk {vocab + 1000} exceeds the target vocabulary ({vocab} entries)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=word_kd.logger.name):
+        exact = build(task, tiny_teacher, kd_alpha=0.0, kd_topk=vocab)
+    assert "exceeds the target vocabulary" not in caplog.text  # top-V is no clamp
+    full = build(task, tiny_teacher, kd_alpha=0.0, kd_topk=0)
+    torch.testing.assert_close(over(student, sample)[2]["kl_loss"], full(student, sample)[2]["kl_loss"],
+                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(exact(student, sample)[2]["kl_loss"], full(student, sample)[2]["kl_loss"],
+                               rtol=1e-5, atol=1e-4)

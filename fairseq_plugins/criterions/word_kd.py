@@ -398,6 +398,12 @@ class WordKDCriterion(FairseqCriterion):
         self.alpha = float(kd_alpha)
         self.temperature = float(kd_temperature)
         self.topk = int(kd_topk)
+        vocab = len(task.target_dictionary)
+        if self.topk > vocab:
+            logger.warning(
+                f"word_kd: --kd-topk {self.topk} exceeds the target vocabulary ({vocab} entries): "
+                f"top-{vocab}, the whole teacher distribution, is used (as with --kd-topk 0)"
+            )
         self.eps = float(label_smoothing)
         paths = [p for p in (teacher_path or "").split(":") if p]
         if not paths and self.alpha < 1:

@@ -196,8 +196,10 @@ def main() -> None:
     parser.add_argument("--speed-runs", type=int, default=1,
                         help="decode each mode this many times; the fastest pass is the speed (default 1)")
     parser.add_argument("--fp16", action="store_true", help="half precision (CUDA only)")
+    parser.add_argument("--spec", type=Path, help="the model's spec.json: copied into the result (key spec)")
     ct2.add_backend_arguments(parser)
     args = parser.parse_args()
+    spec = json.loads(args.spec.read_text(encoding="utf-8")) if args.spec else None
 
     started = time.time()
     hyp_paths = {
@@ -206,6 +208,8 @@ def main() -> None:
     }
     if args.backend == "ctranslate2":
         result = evaluate_ct2(args, read_lines(args.ref), hyp_paths)
+        if spec is not None:
+            result["spec"] = spec
         result["seconds_total"] = time.time() - started
         write_lines(args.json, [json.dumps(result, indent=2)])
         for mode in args.modes:
@@ -249,6 +253,8 @@ def main() -> None:
         gen = GenerationSettings(beam=beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b)
         result[mode] = evaluate_mode(lm, dataset, codec, refs, gen, batch, hyp_paths[mode], args.speed_runs)
     result["model_size"] = model_size(lm.path, model=lm.model)
+    if spec is not None:
+        result["spec"] = spec
     result["seconds_total"] = time.time() - started
     write_lines(args.json, [json.dumps(result, indent=2)])
     for mode in args.modes:

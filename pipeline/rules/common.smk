@@ -130,7 +130,7 @@ MODEL_RECORDS = model_records(MODELS, src=SRC, tgt=TGT, spm=SPM_MODEL, data_dir=
 
 EVAL_BUILTIN = ("dev", "test")  # the data stage's splits; extra sets are raw text of the user's
 EVAL_EXTRA = EVAL_CFG["extra_sets"]
-EVAL_SETS = list(EVAL_CFG["sets"]) + [name for name in EVAL_EXTRA if name not in EVAL_CFG["sets"]]
+EVAL_SETS = list(EVAL_CFG["sets"]) + [name for name in EVAL_EXTRA if name not in EVAL_BUILTIN and name not in EVAL_CFG["sets"]]
 EVAL_SET_PATTERN = "|".join(re.escape(name) for name in EVAL_SETS)
 EVAL_CT2 = "ctranslate2" in EVAL_CFG["backends"]  # fairseq is always evaluated: the report's figures
 EVAL_CT2_TYPES = CT2_CFG["evaluate_compute_types"]

@@ -41,6 +41,7 @@ rule ct2_convert:
         model=MODEL_PATTERN,
     params:
         out=lambda wildcards: CT2_DIR.format(model=wildcards.model),
+        flags=join("--quantization float32", NORMALIZE_FLAG, CT2_VMAP_FILE_FLAG),
     log:
         "logs/ct2/convert.{model}.log",
     benchmark:
@@ -53,4 +54,4 @@ rule ct2_convert:
     shell:
         "export OMP_NUM_THREADS={threads}; "
         "{PY} -m pipeline.ct2 convert --model {input.model} --data {BIN_DIR} --spm {input.spm}"
-        " --out {params.out} --quantization float32 {NORMALIZE_FLAG} {CT2_VMAP_FILE_FLAG} > {log} 2>&1"
+        " --out {params.out} {params.flags} > {log} 2>&1"

@@ -33,6 +33,7 @@ rule export_model:
         fairseq_eval=lambda wildcards, input: f"--fairseq-eval {input.fairseq_eval}" if "fairseq_eval" in input.keys() else "",
         quantization=CT2_CFG["export"]["quantization"],
         compute_types=" ".join(CT2_CFG["export"]["compute_types"]),
+        normalize=" " + NORMALIZE_FLAG if NORMALIZE_FLAG else "",
     log:
         "logs/export/{model}.log",
     benchmark:
@@ -48,7 +49,7 @@ rule export_model:
         " {PY} -m pipeline.export --model {input.model} --name {wildcards.model} --out {output}"
         " --data {BIN_DIR} --spm {input.spm} --src-pieces {input.src} --ref {input.ref:q} --set test"
         " {params.fairseq_eval} --quantization {params.quantization}"
-        " --compute-types {params.compute_types} {params.decoding} --threads {threads} {NORMALIZE_FLAG} > {log} 2>&1"
+        " --compute-types {params.compute_types} {params.decoding} --threads {threads}{params.normalize} > {log} 2>&1"
 
 
 rule export:

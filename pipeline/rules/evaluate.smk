@@ -8,22 +8,30 @@
 # compute: resources.evaluate for both backends, so that the speeds compare.
 
 
+def eval_set_inputs(evalset, builtin_src):
+    """Source and reference of an evaluation set: builtin_src (the data stage's form of a built-in set that
+    the backend reads) and the raw reference, or an extra set's raw files."""
+    if evalset in EVAL_BUILTIN:
+        return {"src": builtin_src, "ref": RAW.format(split=evalset, lang=TGT)}
+    return {"src": EVAL_EXTRA[evalset]["src"], "ref": EVAL_EXTRA[evalset]["ref"]}
+
+
+def eval_source_flags(builtin_flag):
+    """The evaluation's source option: builtin_flag ("--split" or "--src-pieces", given the built-in set's
+    name or input) for dev and test, raw text (normalised as the data stage does) for an extra set."""
+
+    def source(wildcards, input):
+        if wildcards.evalset in EVAL_BUILTIN:
+            return builtin_flag(wildcards, input)
+        return join(f"--src-text {shlex.quote(input.src)}", NORMALIZE_FLAG)
+
+    return source
+
+
 def eval_inputs(wildcards):
-    inputs = {"model": MODEL.format(model=wildcards.model), "spec": MODEL_SPEC.format(model=wildcards.model),
-              "spm": SPM_MODEL, "dicts": dict_files(BIN_DIR)}
-    if wildcards.evalset in EVAL_BUILTIN:
-        inputs["src"] = split_files(BIN_DIR, wildcards.evalset)
-        inputs["ref"] = RAW.format(split=wildcards.evalset, lang=TGT)
-    else:
-        inputs["src"] = EVAL_EXTRA[wildcards.evalset]["src"]
-        inputs["ref"] = EVAL_EXTRA[wildcards.evalset]["ref"]
-    return inputs
-
-
-def eval_source_args(wildcards, input):
-    if wildcards.evalset in EVAL_BUILTIN:
-        return f"--split {wildcards.evalset}"
-    return join(f"--src-text {shlex.quote(input.src)}", NORMALIZE_FLAG)
+    return {"model": MODEL.format(model=wildcards.model), "spec": MODEL_SPEC.format(model=wildcards.model),
+            "spm": SPM_MODEL, "dicts": dict_files(BIN_DIR),
+            **eval_set_inputs(wildcards.evalset, split_files(BIN_DIR, wildcards.evalset) if wildcards.evalset in EVAL_BUILTIN else None)}
 
 
 rule evaluate_model:
@@ -37,7 +45,7 @@ rule evaluate_model:
         model=MODEL_PATTERN,
         evalset=EVAL_SET_PATTERN,
     params:
-        source=eval_source_args,
+        source=eval_source_flags(lambda wildcards, input: f"--split {wildcards.evalset}"),
         decoding=EVAL_FLAGS,
     log:
         "logs/eval/{model}.{evalset}.log",
@@ -60,20 +68,9 @@ rule evaluate_model:
 
 
 def eval_ct2_inputs(wildcards):
-    inputs = {"model": CT2_MODEL.format(model=wildcards.model)}
-    if wildcards.evalset in EVAL_BUILTIN:  # the data stage's spm-encoded text: no binarised split needed
-        inputs["src"] = SPM_TEXT.format(split=wildcards.evalset, lang=SRC)
-        inputs["ref"] = RAW.format(split=wildcards.evalset, lang=TGT)
-    else:
-        inputs["src"] = EVAL_EXTRA[wildcards.evalset]["src"]
-        inputs["ref"] = EVAL_EXTRA[wildcards.evalset]["ref"]
-    return inputs
-
-
-def eval_ct2_source_args(wildcards, input):
-    if wildcards.evalset in EVAL_BUILTIN:
-        return f"--src-pieces {input.src}"
-    return join(f"--src-text {shlex.quote(input.src)}", NORMALIZE_FLAG)
+    # built-in sets: the data stage's spm-encoded text, no binarised split needed
+    return {"model": CT2_MODEL.format(model=wildcards.model),
+            **eval_set_inputs(wildcards.evalset, SPM_TEXT.format(split=wildcards.evalset, lang=SRC))}
 
 
 # The evaluation of rule evaluate_model with CTranslate2 and one compute type: what quantisation
@@ -90,7 +87,7 @@ rule evaluate_model_ct2:
         evalset=EVAL_SET_PATTERN,
         compute_type="|".join(CT2_COMPUTE_TYPES),
     params:
-        source=eval_ct2_source_args,
+        source=eval_source_flags(lambda wildcards, input: f"--src-pieces {input.src}"),
         decoding=EVAL_CT2_FLAGS,
         ct2_dir=lambda wildcards: CT2_DIR.format(model=wildcards.model),
     log:

@@ -78,6 +78,8 @@ rule model_files:
         record=lambda wildcards: json.dumps(MODEL_RECORDS[wildcards.model], indent=1),
     log:
         "logs/train/{model}.files.log",
+    benchmark:
+        "benchmarks/train/{model}.files.tsv"
     localrule: True  # a copy and a small file: no cluster job
     shell:
         "cp {input.spm} {output.spm} && printf '%s\\n' {params.record:q} > {output.spec} 2> {log}"

@@ -29,7 +29,6 @@ LANGS = [SRC, TGT]
 SPLITS = ["train", "dev", "test"]
 FAIRSEQ_SPLIT = {"train": "train", "dev": "valid", "test": "test"}  # fairseq's names for our splits
 DATA_CFG = config["data"]
-TRAIN_CFG = config["train"]
 STUDENTS_CFG = config["students"]
 DISTILL_CFG = config["distill"]
 EVAL_CFG = config["evaluate"]

@@ -1,11 +1,10 @@
-"""Sequence-level knowledge distillation for NMT: data -> teacher -> distill -> students -> report.
+"""Sequence-level knowledge distillation for NMT: data -> teacher -> distill -> students -> evaluate -> report.
 
 Run from the repository root: `snakemake --profile profiles/default [TARGET]`.
+Targets: data, teacher, distill, students, evaluate, report, all (the default), export.
 """
 
 import os
-import shlex
-import sys
 
 from snakemake.utils import min_version, validate
 
@@ -15,30 +14,23 @@ min_version("9.0")
 report: "pipeline/report/workflow.rst"
 
 
+# config/config.yaml holds every setting's value; a --configfile is merged into it key by key.
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-validate(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
-
-# Stage CLIs run with this interpreter (the .venv's), importing this repository's packages.
-PY = sys.executable
-REPO = workflow.basedir
-# (shell.prefix is formatted like a command: the doubled braces survive as shell syntax)
-shell.prefix("set -euo pipefail; export PYTHONPATH=" + REPO + "${{PYTHONPATH:+:$PYTHONPATH}}; ")
-
-SRC, TGT = config["src"], config["tgt"]
-LANGS = [SRC, TGT]
-SPLITS = ["train", "dev", "test"]
-# fairseq's names for our splits
-FAIRSEQ_SPLIT = {"train": "train", "dev": "valid", "test": "test"}
+# The schema checks types, ranges and that every key is there; it holds no defaults.
+validate(config, os.path.join(workflow.basedir, "config", "schema.yaml"), set_default=False)
 
 
+include: "pipeline/rules/common.smk"  # first: paths, models, config accessors, decoding flags
 include: "pipeline/rules/data.smk"
-include: "pipeline/rules/train.smk"
-include: "pipeline/rules/evaluate.smk"
-include: "pipeline/rules/ct2.smk"
+include: "pipeline/rules/teacher.smk"
 include: "pipeline/rules/distill.smk"
+include: "pipeline/rules/students.smk"
+include: "pipeline/rules/ct2.smk"
+include: "pipeline/rules/evaluate.smk"
 include: "pipeline/rules/report.smk"
+include: "pipeline/rules/export.smk"
 
 
 rule all:
@@ -46,7 +38,7 @@ rule all:
     input:
         rules.data.input,
         rules.teacher.input,
-        rules.distill.input,
+        rules.distill.input if USES_DISTILLATION else [],
         rules.students.input,
         rules.evaluate.input,
         rules.report.input,

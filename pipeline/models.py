@@ -6,8 +6,12 @@ architecture preset, training targets (references or the teacher's distilled out
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import product
+from typing import Any
+
+from pipeline.errors import ConfigError
 
 VARIANTS = {
     # variant: (training targets, criterion)
@@ -32,7 +36,13 @@ class ModelSpec:
 
     @property
     def uses_teacher(self) -> bool:
+        """Trains against the teacher's distributions (word_kd): the teacher's checkpoint is an input."""
         return self.criterion == "word_kd"
+
+    @property
+    def learns_from_teacher(self) -> bool:
+        """Word-level KD, or distilled targets: the teacher shaped this model."""
+        return self.uses_teacher or self.targets == "distilled"
 
 
 def merge(base: dict, override: dict | None) -> dict:
@@ -49,19 +59,23 @@ def student_name(variant: str, alpha: float | None = None, temperature: float | 
 
 
 def model_specs(config: dict) -> dict[str, ModelSpec]:
-    """Every model of the run by name: the teacher, then one student per variant (x alpha x T for word-KD)."""
-    defaults = config.get("train", {})
+    """Every model of the run by name: the teacher, then one student per variant (x alpha x T for word-KD).
+
+    `config` is the validated workflow config (every key present: config/config.yaml holds the values);
+    teacher.train and students.train are optional overrides of train.
+    """
+    defaults = config["train"]
     teacher_cfg = config["teacher"]
     specs = {TEACHER: ModelSpec(TEACHER, teacher_cfg["preset"], train=merge(defaults, teacher_cfg.get("train")))}
     check_train_settings("teacher.train", specs[TEACHER].train)
-    students = config.get("students") or {}
+    students = config["students"]
     student_train = merge(defaults, students.get("train"))
-    if students.get("variants"):
+    if students["variants"]:
         check_train_settings("students.train", student_train)
-    for variant in students.get("variants", []):
+    for variant in students["variants"]:
         targets, criterion = VARIANTS[variant]
         if criterion == "word_kd":
-            grid = list(product(students.get("alpha", [0.5]), students.get("temperature", [1.0])))
+            grid = list(product(students["alpha"], students["temperature"]))
         else:
             grid = [(None, None)]
         for alpha, temperature in grid:
@@ -77,7 +91,7 @@ def lr_schedule_args(t: dict) -> list[str]:
     linear decay anneals the last updates, which is what a budget of a few epochs needs.
     """
     warmup = str(t["warmup_updates"])
-    if t.get("lr_scheduler", "inverse_sqrt") == "linear":
+    if t["lr_scheduler"] == "linear":
         return ["--lr-scheduler", "polynomial_decay", "--warmup-updates", warmup, "--power", "1",
                 "--end-learning-rate", "0", "--total-num-update", str(t["max_update"])]
     return ["--lr-scheduler", "inverse_sqrt", "--warmup-updates", warmup, "--warmup-init-lr", "1e-07"]
@@ -85,8 +99,8 @@ def lr_schedule_args(t: dict) -> list[str]:
 
 def check_train_settings(where: str, t: dict) -> None:
     """Settings the schema cannot check alone; `where` names the config key in the error."""
-    if t.get("lr_scheduler") == "linear" and not t.get("max_update"):
-        raise ValueError(f"config {where}.lr_scheduler: 'linear' decays to 0 at max_update; set {where}.max_update > 0")
+    if t["lr_scheduler"] == "linear" and not t["max_update"]:
+        raise ConfigError(f"config {where}.lr_scheduler: 'linear' decays to 0 at max_update; set {where}.max_update > 0")
 
 
 def extra_args(options: dict) -> list[str]:
@@ -105,21 +119,50 @@ def fairseq_train_args(spec: ModelSpec, teacher_checkpoint: str, kd_topk: int = 
     """fairseq-train options from the spec's training settings (the architecture comes from its preset)."""
     t = spec.train
     args = [
-        "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", str(t.get("clip_norm", 0.0)),
-        "--lr", str(t["lr"]), *lr_schedule_args(t), "--weight-decay", str(t.get("weight_decay", 0.0001)),
-        "--max-tokens", str(t["max_tokens"]), "--update-freq", str(t.get("update_freq", 1)),
-        "--seed", str(t.get("seed", 1)), "--patience", str(t.get("patience", -1)),
-        "--log-interval", str(t.get("log_interval", 50)), "--num-workers", "0",
-        "--criterion", spec.criterion, "--label-smoothing", str(t.get("label_smoothing", 0.1)),
+        "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", str(t["clip_norm"]),
+        "--lr", str(t["lr"]), *lr_schedule_args(t), "--weight-decay", str(t["weight_decay"]),
+        "--max-tokens", str(t["max_tokens"]), "--update-freq", str(t["update_freq"]),
+        "--seed", str(t["seed"]), "--patience", str(t["patience"]),
+        "--log-interval", str(t["log_interval"]), "--num-workers", "0",
+        "--criterion", spec.criterion, "--label-smoothing", str(t["label_smoothing"]),
     ]
-    if t.get("max_epoch"):
+    if t["max_epoch"]:
         args += ["--max-epoch", str(t["max_epoch"])]
-    if t.get("max_update"):
+    if t["max_update"]:
         args += ["--max-update", str(t["max_update"])]
     for key in ("validate_interval_updates", "save_interval_updates"):
-        if t.get(key):
+        if t[key]:
             args += [f"--{key.replace('_', '-')}", str(t[key])]
     if spec.uses_teacher:
         args += ["--teacher-path", teacher_checkpoint, "--kd-alpha", str(spec.alpha),
                  "--kd-temperature", str(spec.temperature), "--kd-topk", str(kd_topk)]
-    return args + extra_args(t.get("extra_args", {}))
+    return args + extra_args(t["extra_args"])
+
+
+def model_record(spec: ModelSpec, *, src: str, tgt: str, spm: str, train_data: str) -> dict[str, Any]:
+    """What work/models/<name>/spec.json says about a model: its settings, the data and vocabulary it needs.
+
+    Evaluation copies it into its JSON (key "spec") and the report reads variant, alpha and
+    temperature from there, never from the model's name.
+    """
+    return {
+        "name": spec.name,
+        "variant": spec.variant,
+        "preset": spec.preset,
+        "alpha": spec.alpha,
+        "temperature": spec.temperature,
+        "seed": spec.train["seed"],
+        "teacher": TEACHER if spec.learns_from_teacher else None,
+        "targets": spec.targets,
+        "criterion": spec.criterion,
+        "train_data": train_data,
+        "spm": spm,
+        "src": src,
+        "tgt": tgt,
+    }
+
+
+def model_records(specs: dict[str, ModelSpec], *, src: str, tgt: str, spm: str,
+                  data_dir: Callable[[str], str]) -> dict[str, dict[str, Any]]:
+    """model_record of every model by name; data_dir(name) is the binarised data it trains on."""
+    return {name: model_record(spec, src=src, tgt=tgt, spm=spm, train_data=data_dir(name)) for name, spec in specs.items()}

@@ -5,7 +5,9 @@
         [--ct2-evals results/eval/*/test.ct2-*.json --ct2-csv results/summary_ct2.csv]
 
 BLEU/chrF are beam-search scores on the evaluation set given; speeds are sentences per second.
-Deltas are against the `student_baseline` and `teacher` rows when those models are present.
+Each evaluation carries its model's spec.json (key "spec", written by the workflow beside model.pt):
+variant, alpha and temperature come from there. Deltas are against the baseline student and the
+teacher (by variant) when those models are present.
 CTranslate2 evaluations (evaluate.backends) add a second table and their points in the speed plot:
 per model and compute type, BLEU and speed against the same model under fairseq (what quantisation
 costs and buys) and the speed-up against the fairseq teacher.
@@ -17,7 +19,6 @@ import argparse
 import csv
 import json
 import logging
-import re
 from pathlib import Path
 
 import matplotlib
@@ -26,10 +27,11 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pipeline.cli import run  # noqa: E402
-from pipeline.corpus import CorpusError, write_lines  # noqa: E402
+from pipeline.corpus import write_lines  # noqa: E402
+from pipeline.errors import DataError  # noqa: E402
 
 log = logging.getLogger("pipeline.report")
-TEACHER, BASELINE = "teacher", "student_baseline"
+TEACHER, BASELINE = "teacher", "baseline"  # variants (spec.json): the rows the deltas compare with
 COLUMNS = [
     "model", "variant", "alpha", "temperature", "bleu", "chrf", "bleu_greedy", "delta_bleu_vs_baseline",
     "delta_bleu_vs_teacher", "parameters", "size_mb", "sent_per_s_greedy", "sent_per_s_beam", "speedup_vs_teacher",
@@ -38,26 +40,21 @@ CT2_COLUMNS = [
     "model", "compute_type", "runs_as", "vmap", "bleu", "chrf", "bleu_greedy", "delta_bleu_vs_fairseq", "sent_per_s_greedy",
     "sent_per_s_beam", "speedup_vs_fairseq", "speedup_vs_fairseq_teacher", "model_bin_mb",
 ]
-_NAME = re.compile(r"^student_(?P<variant>[a-z_]+?)(?:_a(?P<alpha>[0-9.e-]+)_t(?P<t>[0-9.e-]+))?$")
-
-
-def describe(name: str) -> tuple[str, float | None, float | None]:
-    """(variant, alpha, temperature) from a model name such as student_seq_word_kd_a0.5_t1."""
-    if name == TEACHER:
-        return "teacher", None, None
-    m = _NAME.match(name)
-    if not m:
-        return name, None, None
-    alpha, t = m.group("alpha"), m.group("t")
-    return m.group("variant"), float(alpha) if alpha else None, float(t) if t else None
+def describe(result: dict, path: Path) -> tuple[str, float | None, float | None]:
+    """(variant, alpha, temperature) from the evaluation's copy of the model's spec.json (key "spec")."""
+    spec = result.get("spec")
+    if not isinstance(spec, dict) or "variant" not in spec:
+        raise DataError(f"{path}: no model spec (key \"spec\", from work/models/<model>/spec.json): "
+                          "evaluate the model again with pipeline.evaluate --spec")
+    return spec["variant"], spec.get("alpha"), spec.get("temperature")
 
 
 def load_row(path: Path) -> dict:
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise CorpusError(f"{path}: not a readable evaluation result ({err})") from None
-    variant, alpha, temperature = describe(result["model"])
+        raise DataError(f"{path}: not a readable evaluation result ({err})") from None
+    variant, alpha, temperature = describe(result, path)
     size = result.get("model_size", {})
     return {
         "model": result["model"],
@@ -95,32 +92,37 @@ def load_ct2_row(path: Path) -> dict:
             "set": result["set"],
         }
     except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
-        raise CorpusError(f"{path}: not a CTranslate2 evaluation result of pipeline.evaluate ({err})") from None
+        raise DataError(f"{path}: not a CTranslate2 evaluation result of pipeline.evaluate ({err})") from None
+
+
+def first_of_variant(rows: list[dict], variant: str) -> dict | None:
+    return next((r for r in rows if r["variant"] == variant), None)
 
 
 def summarize_ct2(ct2_rows: list[dict], rows: list[dict]) -> list[dict]:
     """Against the same model decoded by fairseq, and against the fairseq teacher; by model, then compute type."""
     fairseq = {r["model"]: r for r in rows}
-    teacher = fairseq.get(TEACHER)
+    teacher = first_of_variant(rows, TEACHER)
     for r in ct2_rows:
         same = fairseq.get(r["model"])
         r["delta_bleu_vs_fairseq"] = r["bleu"] - same["bleu"] if same else None
         r["speedup_vs_fairseq"] = r["sent_per_s_beam"] / same["sent_per_s_beam"] if same else None
         r["speedup_vs_fairseq_teacher"] = r["sent_per_s_beam"] / teacher["sent_per_s_beam"] if teacher else None
-    return sorted(ct2_rows, key=lambda r: (r["model"] != TEACHER, r["model"], r["compute_type"]))
+    teachers = {r["model"] for r in rows if r["variant"] == TEACHER}
+    return sorted(ct2_rows, key=lambda r: (r["model"] not in teachers, r["model"], r["compute_type"]))
 
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Add deltas and speed-ups; teacher first, then the students by name."""
     by_name = {r["model"]: r for r in rows}
     if len(by_name) != len(rows):
-        raise CorpusError("two evaluation results for the same model: " + ", ".join(r["model"] for r in rows))
-    teacher, baseline = by_name.get(TEACHER), by_name.get(BASELINE)
+        raise DataError("two evaluation results for the same model: " + ", ".join(r["model"] for r in rows))
+    teacher, baseline = first_of_variant(rows, TEACHER), first_of_variant(rows, BASELINE)
     for r in rows:
         r["delta_bleu_vs_baseline"] = r["bleu"] - baseline["bleu"] if baseline else None
         r["delta_bleu_vs_teacher"] = r["bleu"] - teacher["bleu"] if teacher else None
         r["speedup_vs_teacher"] = r["sent_per_s_beam"] / teacher["sent_per_s_beam"] if teacher else None
-    return sorted(rows, key=lambda r: (r["model"] != TEACHER, r["model"]))
+    return sorted(rows, key=lambda r: (r["variant"] != TEACHER, r["model"]))
 
 
 def fmt(value, digits: int = 2) -> str:
@@ -167,7 +169,7 @@ def plot_bleu_vs_speed(rows: list[dict], path: Path, ct2_rows: list[dict] | None
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     colors = {}
     for r in rows:
-        marker = "*" if r["model"] == TEACHER else "o"
+        marker = "*" if r["variant"] == TEACHER else "o"
         point = ax.scatter(r["sent_per_s_beam"], r["bleu"], s=120 if marker == "*" else 50, marker=marker)
         colors[r["model"]] = point.get_facecolor()[0]
         ax.annotate(r["model"], (r["sent_per_s_beam"], r["bleu"]), textcoords="offset points", xytext=(5, 4),
@@ -200,10 +202,10 @@ def plot_bleu_vs_alpha(rows: list[dict], path: Path) -> None:
     for (variant, t), points in sorted(groups.items()):
         points.sort()
         ax.plot([a for a, _ in points], [b for _, b in points], marker="o", label=f"{variant}, T={t:g}")
-    for name, style in ((TEACHER, "--"), (BASELINE, ":")):
-        row = next((r for r in rows if r["model"] == name), None)
+    for variant, style in ((TEACHER, "--"), (BASELINE, ":")):
+        row = first_of_variant(rows, variant)
         if row:
-            ax.axhline(row["bleu"], linestyle=style, color="gray", label=name)
+            ax.axhline(row["bleu"], linestyle=style, color="gray", label=row["model"])
     ax.set_xlabel("α (weight of cross-entropy; 1 − α on the KL term)")
     ax.set_ylabel("BLEU")
     ax.set_xlim(-0.05, 1.05)

@@ -65,7 +65,7 @@ def device_args(fp16: bool) -> list[str]:
     return args
 
 
-def best_metric_args(metric: str, tgt_lang: str) -> list[str]:
+def best_metric_args(metric: str) -> list[str]:
     if metric == "loss":
         return ["--best-checkpoint-metric", "loss"]
     return [
@@ -79,7 +79,7 @@ def fairseq_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
     cmd = [sys.executable, "-m", "fairseq_cli.train", str(args.data), "--task", "translation"]
     cmd += preset_args(args.preset)
     cmd += ["--save-dir", str(args.save_dir), "--log-format", "json", "--user-dir", str(PLUGINS)]
-    cmd += best_metric_args(args.best_metric, args.tgt_lang)
+    cmd += best_metric_args(args.best_metric)
     if args.average_last > 1:
         cmd += ["--keep-last-epochs", str(args.average_last), "--keep-interval-updates", str(args.average_last)]
     else:
@@ -252,7 +252,6 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True, help="progress records (JSON lines), appended")
     parser.add_argument("--preset", required=True)
-    parser.add_argument("--tgt-lang", default="en")
     parser.add_argument("--best-metric", choices=["loss", "bleu"], default="loss")
     parser.add_argument("--average-last", type=int, default=0, help="average the last N checkpoints (0: best)")
     parser.add_argument("--fp16", action="store_true", help="mixed precision when training on GPU")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,6 +61,36 @@ def test_summary_has_a_row_per_model(smoke_run):
     for name in ("bleu_vs_speed", "bleu_vs_alpha", "training_curves"):
         png = (work / f"results/plots/{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_every_model_translates_with_model_alone_and_carries_its_spec(smoke_run):
+    """`pipeline.translate --model work/models/<name>/model.pt`, no other flag, on every model the run trained
+    (the students on distilled data included: spm.model lies beside each model.pt); spec.json says what it is."""
+    work, _ = smoke_run
+    source = (work / "work/data/raw/test.de").read_text().splitlines()[:4]
+    for name in VARIANT_MODELS:
+        model_dir = work / "work/models" / name
+        assert (model_dir / "spm.model").read_bytes() == (work / "work/data/spm/spm.model").read_bytes()
+        proc = subprocess.run([sys.executable, "-m", "pipeline.translate", "--model", f"work/models/{name}/model.pt"],
+                              input="\n".join(source) + "\n", text=True, capture_output=True, cwd=work, timeout=300,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert proc.returncode == 0, f"{name}: {proc.stderr[-2000:]}"
+        out = proc.stdout.splitlines()
+        assert len(out) == len(source) and all(line.strip() for line in out), (name, out)
+        spec = json.loads((model_dir / "spec.json").read_text())
+        assert spec["name"] == name and spec["src"] == "de" and spec["tgt"] == "en"
+        assert spec["spm"] == "work/data/spm/spm.model"
+        assert spec["train_data"] == ("work/distill/bin" if spec["targets"] == "distilled" else "work/data/bin")
+        evaluation = json.loads((work / f"results/eval/{name}/test.json").read_text())
+        assert evaluation["spec"] == spec  # what the report reads
+    specs = {name: json.loads((work / "work/models" / name / "spec.json").read_text()) for name in VARIANT_MODELS}
+    assert specs["teacher"]["variant"] == "teacher" and specs["teacher"]["teacher"] is None
+    assert specs["student_baseline"]["teacher"] is None and specs["student_seq_kd"]["teacher"] == "teacher"
+    kd = specs["student_seq_word_kd_a0.5_t1"]
+    assert (kd["variant"], kd["alpha"], kd["temperature"], kd["criterion"]) == ("seq_word_kd", 0.5, 1.0, "word_kd")
+    with (work / "results/summary.csv").open() as f:
+        rows = {r["model"]: r for r in csv.DictReader(f)}
+    assert (rows["student_word_kd_a0.5_t1"]["variant"], rows["student_word_kd_a0.5_t1"]["alpha"]) == ("word_kd", "0.5")
 
 
 def test_html_report(smoke_run):

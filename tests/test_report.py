@@ -20,6 +20,8 @@ def evaluation(model: str, bleu: float, beam_speed: float, ct2_type: str | None 
                 "speed": {"sentences_per_s": speed}}
 
     result = {"model": model, "set": "test", "beam": mode(bleu, beam_speed), "greedy": mode(bleu - 2, beam_speed * 3)}
+    variant = "teacher" if model == "teacher" else model.removeprefix("student_")
+    result["spec"] = {"name": model, "variant": variant, "alpha": None, "temperature": None}
     if ct2_type:
         result.update(backend="ctranslate2", compute_type=ct2_type, runtime={"compute_type": runs_as or ct2_type},
                       model_size={"model_bin_bytes": 2_000_000})
@@ -34,9 +36,9 @@ def write(path: Path, result: dict) -> Path:
     return path
 
 
-def report(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+def report(tmp_path: Path, *extra: str, more: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
     evals = [write(tmp_path / "eval/teacher/test.json", evaluation("teacher", 32.0, 100.0)),
-             write(tmp_path / "eval/student_baseline/test.json", evaluation("student_baseline", 27.0, 150.0))]
+             write(tmp_path / "eval/student_baseline/test.json", evaluation("student_baseline", 27.0, 150.0)), *more]
     cmd = [sys.executable, "-m", "pipeline.report", "--evals", *map(str, evals), "--csv", str(tmp_path / "summary.csv"),
            "--md", str(tmp_path / "summary.md"), "--plots", str(tmp_path / "plots"), *extra]
     return subprocess.run(cmd, text=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
@@ -70,3 +72,27 @@ def test_without_ct2_no_second_table_and_a_wrong_file_is_named(tmp_path: Path):
     fairseq_json = tmp_path / "eval/teacher/test.json"
     proc = report(tmp_path, "--ct2-evals", str(fairseq_json))
     assert proc.returncode != 0 and f"{fairseq_json}: not a CTranslate2 evaluation result" in proc.stderr
+
+
+def test_variant_alpha_and_temperature_come_from_the_spec_not_the_name(tmp_path: Path):
+    """A model named nothing like student_<variant>_a<alpha>_t<T>: the summary still has its settings."""
+    from pipeline.models import ModelSpec, model_record
+
+    spec = ModelSpec("kd_small", "tiny", "distilled", "word_kd", "seq_word_kd", 0.3, 2.0, {"seed": 7})
+    record = model_record(spec, src="de", tgt="en", spm="work/data/spm/spm.model", train_data="work/distill/bin")
+    assert record == {"name": "kd_small", "variant": "seq_word_kd", "preset": "tiny", "alpha": 0.3, "temperature": 2.0,
+                      "seed": 7, "teacher": "teacher", "targets": "distilled", "criterion": "word_kd",
+                      "train_data": "work/distill/bin", "spm": "work/data/spm/spm.model", "src": "de", "tgt": "en"}
+    kd = evaluation("kd_small", 29.0, 200.0)
+    kd["spec"] = json.loads(json.dumps(record))  # as pipeline.evaluate --spec copies the file
+    proc = report(tmp_path, more=(write(tmp_path / "eval/kd_small/test.json", kd),))
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["model"]: r for r in csv.DictReader((tmp_path / "summary.csv").open())}
+    assert (rows["kd_small"]["variant"], rows["kd_small"]["alpha"], rows["kd_small"]["temperature"]) == ("seq_word_kd", "0.3", "2.0")
+    assert float(rows["kd_small"]["delta_bleu_vs_baseline"]) == 2.0  # against the row of variant baseline
+    assert rows["teacher"]["variant"] == "teacher" and rows["teacher"]["alpha"] == ""
+
+    del kd["spec"]
+    bare = write(tmp_path / "eval/kd_small/test.json", kd)
+    proc = report(tmp_path, more=(bare,))
+    assert proc.returncode == 2 and f"{bare}: no model spec" in proc.stderr and "Traceback" not in proc.stderr

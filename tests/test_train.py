@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, SNAKEMAKE, snakemake, write_config
 
 from pipeline import checkpoints
+from pipeline.errors import ConfigError
 from pipeline.models import fairseq_train_args, model_specs
 from pipeline.train import ALLOCATOR_ENV, train_env
 
@@ -135,9 +137,13 @@ def test_run_identity_follows_data_and_teacher(tmp_path: Path):
     assert differences(None, first).startswith("no run.json")
 
 
+# config/config.yaml holds every training setting's value: the specs below start from it
+DEFAULT_TRAIN = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]
+
+
 def test_student_specs_expand_alpha_and_temperature():
     config = {
-        "train": {"lr": 1e-3, "warmup_updates": 10, "max_tokens": 100},
+        "train": {**DEFAULT_TRAIN, "lr": 1e-3, "warmup_updates": 10, "max_tokens": 100},
         "teacher": {"preset": "tiny"},
         "students": {"preset": "tiny", "variants": ["baseline", "seq_kd", "seq_word_kd"],
                      "alpha": [0.1, 0.5, 0.9], "temperature": [1.0], "train": {"lr": 5e-4}},
@@ -155,11 +161,11 @@ def test_student_specs_expand_alpha_and_temperature():
 
 def test_linear_lr_schedule_needs_max_update():
     config = {
-        "train": {"lr": 1e-3, "warmup_updates": 10, "max_tokens": 100},
+        "train": {**DEFAULT_TRAIN, "lr": 1e-3, "warmup_updates": 10, "max_tokens": 100},
         "teacher": {"preset": "tiny"},
         "students": {"preset": "tiny", "variants": ["baseline"], "train": {"lr_scheduler": "linear"}},
     }
-    with pytest.raises(ValueError, match=r"students\.train\.lr_scheduler.*students\.train\.max_update"):
+    with pytest.raises(ConfigError, match=r"students\.train\.lr_scheduler.*students\.train\.max_update"):
         model_specs(config)
     config["students"]["train"]["max_update"] = 300
     specs = model_specs(config)

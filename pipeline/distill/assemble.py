@@ -154,7 +154,7 @@ def main() -> None:
     for name in ("ids", "src-spm", "ref-spm", "src-text", "ref-text", "spm-model",
                  "out-src", "out-tgt", "out-ids", "text-src", "text-tgt", "stats"):
         parser.add_argument(f"--{name}", type=Path, required=True)
-    parser.add_argument("--selection", choices=SELECTIONS, default="top1")
+    parser.add_argument("--selection", choices=SELECTIONS, default="seq_inter")
     parser.add_argument("--metric", choices=METRICS, default="chrf")
     defaults = FilterConfig()
     parser.add_argument("--min-length-ratio", type=float, default=defaults.min_length_ratio)

@@ -1,118 +1,114 @@
 # Evaluation stage: every model on every evaluation set (beam + greedy, BLEU/chrF, speed, size).
-# Built-in sets are the data stage's binarised dev/test; extra sets are a user's raw source and
-# reference files (config evaluate.extra_sets), normalised and spm-encoded by the evaluation itself.
-
-import re
-import shlex
-
-EVAL_CFG = config.get("evaluate", {})
-EVAL_RES = config.get("resources", {}).get("evaluate", {})
-EVAL_BUILTIN = {"dev", "test"}
-EVAL_EXTRA = EVAL_CFG.get("extra_sets", {}) or {}
-EVAL_SETS = list(EVAL_CFG.get("sets", ["dev", "test"])) + [name for name in EVAL_EXTRA if name not in EVAL_BUILTIN]
-for _name in EVAL_SETS:
-    if _name not in EVAL_BUILTIN and _name not in EVAL_EXTRA:
-        raise ValueError(f"config evaluate.sets: unknown set '{_name}' (built-in: dev, test; or define it in extra_sets)")
-
-
-def eval_outputs(models, sets=None):
-    """The evaluation JSON of each model on each set (default: every configured set)."""
-    return [f"results/eval/{model}/{name}.json" for model in models for name in (sets or EVAL_SETS)]
-
-
+# Built-in sets are the data stage's dev/test; extra sets are a user's raw source and reference
+# files (config evaluate.extra_sets), normalised and spm-encoded by the evaluation itself.
 # evaluate.backends: fairseq is always evaluated (the report's figures); with ctranslate2 each model
-# is also evaluated by CTranslate2 once per compute type of ct2.evaluate_compute_types (rule
-# evaluate_model_ct2 of pipeline/rules/ct2.smk): same JSON layout, plus backend and compute_type.
-EVAL_BACKENDS = EVAL_CFG.get("backends") or ["fairseq"]
-EVAL_CT2_TYPES = (config.get("ct2") or {}).get("evaluate_compute_types") or ["float32", "int8"]
+# is also evaluated by CTranslate2 once per compute type of ct2.evaluate_compute_types: same JSON
+# layout, plus backend and compute_type. Every evaluation JSON carries the model's spec.json (key
+# "spec"). Settings: config `evaluate:` (flags: EVAL_FLAGS, EVAL_CT2_FLAGS of common.smk);
+# compute: resources.evaluate for both backends, so that the speeds compare.
 
 
-def eval_ct2_outputs(models, sets=None):
-    """CTranslate2's evaluation JSON per model, set and compute type; none unless evaluate.backends has ctranslate2."""
-    if "ctranslate2" not in EVAL_BACKENDS:
-        return []
-    return [
-        f"results/eval/{model}/{name}.ct2-{ctype}.json"
-        for model in models
-        for name in (sets or EVAL_SETS)
-        for ctype in EVAL_CT2_TYPES
-    ]
+def eval_set_inputs(evalset, builtin_src):
+    """Source and reference of an evaluation set: builtin_src (the data stage's form of a built-in set that
+    the backend reads) and the raw reference, or an extra set's raw files."""
+    if evalset in EVAL_BUILTIN:
+        return {"src": builtin_src, "ref": RAW.format(split=evalset, lang=TGT)}
+    return {"src": EVAL_EXTRA[evalset]["src"], "ref": EVAL_EXTRA[evalset]["ref"]}
+
+
+def eval_source_flags(builtin_flag):
+    """The evaluation's source option: builtin_flag ("--split" or "--src-pieces", given the built-in set's
+    name or input) for dev and test, raw text (normalised as the data stage does) for an extra set."""
+
+    def source(wildcards, input):
+        if wildcards.evalset in EVAL_BUILTIN:
+            return builtin_flag(wildcards, input)
+        return join(f"--src-text {shlex.quote(input.src)}", NORMALIZE_FLAG)
+
+    return source
 
 
 def eval_inputs(wildcards):
-    inputs = {
-        "model": f"work/models/{wildcards.model}/model.pt",
-        "spm": "work/data/spm/spm.model",
-        "dicts": expand(f"{BIN_DIR}/dict.{{lang}}.txt", lang=LANGS),
-    }
-    if wildcards.evalset in EVAL_BUILTIN:
-        split = FAIRSEQ_SPLIT[wildcards.evalset]
-        inputs["src"] = [f"{BIN_DIR}/{split}.{SRC}-{TGT}.{lang}.{ext}" for lang in LANGS for ext in ("bin", "idx")]
-        inputs["ref"] = f"work/data/raw/{wildcards.evalset}.{TGT}"
-    else:
-        inputs["src"] = EVAL_EXTRA[wildcards.evalset]["src"]
-        inputs["ref"] = EVAL_EXTRA[wildcards.evalset]["ref"]
-    return inputs
-
-
-def eval_source_args(wildcards, input):
-    if wildcards.evalset in EVAL_BUILTIN:
-        return f"--split {wildcards.evalset}"
-    norm = "" if config["data"].get("normalize_punctuation", True) else " --no-normalize"
-    return f"--src-text {shlex.quote(input.src)}{norm}"
-
-
-def eval_decoding_args():
-    args = [
-        f"--beam {EVAL_CFG.get('beam', 5)}",
-        f"--lenpen {EVAL_CFG.get('lenpen', 1.0)}",
-        f"--max-len-a {EVAL_CFG.get('max_len_a', 1.2)}",
-        f"--max-len-b {EVAL_CFG.get('max_len_b', 10)}",
-    ]
-    if EVAL_CFG.get("max_tokens", 6000):
-        args.append(f"--max-tokens {EVAL_CFG.get('max_tokens', 6000)}")
-    if EVAL_CFG.get("batch_size"):
-        args.append(f"--batch-size {EVAL_CFG['batch_size']}")
-    if EVAL_CFG.get("fp16", False):
-        args.append("--fp16")
-    args.append(f"--speed-runs {EVAL_CFG.get('speed_runs', 3)}")
-    return " ".join(args)
+    return {"model": MODEL.format(model=wildcards.model), "spec": MODEL_SPEC.format(model=wildcards.model),
+            "spm": SPM_MODEL, "dicts": dict_files(BIN_DIR),
+            **eval_set_inputs(wildcards.evalset, split_files(BIN_DIR, wildcards.evalset) if wildcards.evalset in EVAL_BUILTIN else None)}
 
 
 rule evaluate_model:
     input:
         unpack(eval_inputs),
     output:
-        json="results/eval/{model}/{evalset}.json",
+        json=EVAL_JSON,
         beam="results/eval/{model}/{evalset}.beam.txt",
         greedy="results/eval/{model}/{evalset}.greedy.txt",
     wildcard_constraints:
-        model=r"[^/]+",
-        evalset="|".join(re.escape(name) for name in EVAL_SETS),
+        model=MODEL_PATTERN,
+        evalset=EVAL_SET_PATTERN,
     params:
-        source=eval_source_args,
-        decoding=eval_decoding_args(),
+        source=eval_source_flags(lambda wildcards, input: f"--split {wildcards.evalset}"),
+        decoding=EVAL_FLAGS,
     log:
         "logs/eval/{model}.{evalset}.log",
     benchmark:
         "benchmarks/eval/{model}.{evalset}.tsv"
-    threads: EVAL_RES.get("threads", 2)
+    threads: res("evaluate")["threads"]
     resources:
-        mem_mb=EVAL_RES.get("mem_mb", 4000),
-        runtime=EVAL_RES.get("runtime", 60),
-        gpu=EVAL_RES.get("gpus", 0),
+        mem_mb=res("evaluate")["mem_mb"],
+        runtime=res("evaluate")["runtime"],
+        gpu=res("evaluate")["gpus"],
     # pipeline.devices gives the job its own GPU, or hides every GPU with --gpus 0 (then it decodes
     # on the CPU): speeds of different models are comparable only on the same kind of device.
     shell:
         "export OMP_NUM_THREADS={threads}; "
         "{PY} -m pipeline.devices --gpus {resources.gpu} --"
         " {PY} -m pipeline.evaluate --model {input.model} --name {wildcards.model} --set {wildcards.evalset}"
-        " {params.source} --ref {input.ref:q} --data {BIN_DIR} --spm {input.spm}"
+        " {params.source} --ref {input.ref:q} --data {BIN_DIR} --spm {input.spm} --spec {input.spec}"
         " --json {output.json} --beam-hyps {output.beam} --greedy-hyps {output.greedy}"
         " {params.decoding} --threads {threads} > {log} 2>&1"
 
 
+def eval_ct2_inputs(wildcards):
+    # built-in sets: the data stage's spm-encoded text, no binarised split needed
+    return {"model": CT2_MODEL.format(model=wildcards.model),
+            **eval_set_inputs(wildcards.evalset, SPM_TEXT.format(split=wildcards.evalset, lang=SRC))}
+
+
+# The evaluation of rule evaluate_model with CTranslate2 and one compute type: what quantisation
+# costs (BLEU) and buys (speed) beside the fairseq figures.
+rule evaluate_model_ct2:
+    input:
+        unpack(eval_ct2_inputs),
+    output:
+        json=EVAL_CT2_JSON,
+        beam="results/eval/{model}/{evalset}.ct2-{compute_type}.beam.txt",
+        greedy="results/eval/{model}/{evalset}.ct2-{compute_type}.greedy.txt",
+    wildcard_constraints:
+        model=MODEL_PATTERN,
+        evalset=EVAL_SET_PATTERN,
+        compute_type="|".join(CT2_COMPUTE_TYPES),
+    params:
+        source=eval_source_flags(lambda wildcards, input: f"--src-pieces {input.src}"),
+        decoding=EVAL_CT2_FLAGS,
+        ct2_dir=lambda wildcards: CT2_DIR.format(model=wildcards.model),
+    log:
+        "logs/eval/{model}.{evalset}.ct2-{compute_type}.log",
+    benchmark:
+        "benchmarks/eval/{model}.{evalset}.ct2-{compute_type}.tsv"
+    threads: res("evaluate")["threads"]
+    resources:
+        mem_mb=res("evaluate")["mem_mb"],
+        runtime=res("evaluate")["runtime"],
+        gpu=res("evaluate")["gpus"],
+    shell:
+        "export OMP_NUM_THREADS={threads}; "
+        "{PY} -m pipeline.devices --gpus {resources.gpu} --"
+        " {PY} -m pipeline.evaluate --backend ctranslate2 --ct2-model {params.ct2_dir}"
+        " --name {wildcards.model} --set {wildcards.evalset} {params.source} --ref {input.ref:q}"
+        " --json {output.json} --beam-hyps {output.beam} --greedy-hyps {output.greedy}"
+        " {params.decoding} --compute-type {wildcards.compute_type} --threads {threads} > {log} 2>&1"
+
+
 rule evaluate:
     input:
-        eval_outputs(list(MODELS)),
-        eval_ct2_outputs(list(MODELS)),
+        eval_outputs(MODELS),
+        eval_ct2_outputs(MODELS),

@@ -1,27 +1,22 @@
-# Students and the final comparison: summary table, plots, and the Snakemake HTML report.
+# Report stage: the summary table of every model on report.set, plots, and the Snakemake HTML
+# report. Variant, alpha and temperature come from each evaluation's copy of the model's spec.json.
+# Compute: resources.report.
 
-STUDENTS = [name for name in MODELS if name != TEACHER]
-SUMMARY_SET = "test"
 PLOTS = ["bleu_vs_speed", "bleu_vs_alpha", "training_curves"]
-
-
-rule students:
-    input:
-        [f"work/models/{name}/model.pt" for name in STUDENTS],
 
 
 rule report_summary:
     input:
-        evals=eval_outputs(list(MODELS), [SUMMARY_SET]),
-        ct2_evals=eval_ct2_outputs(list(MODELS), [SUMMARY_SET]),
+        evals=eval_outputs(MODELS, [SUMMARY_SET]),
+        ct2_evals=eval_ct2_outputs(MODELS, [SUMMARY_SET]),
         # training finished, so each model's progress records are complete
-        models=[f"work/models/{name}/model.pt" for name in MODELS],
+        models=[MODEL.format(model=name) for name in MODELS],
     output:
         csv=report("results/summary.csv", category="Results", labels={"table": "summary (csv)"}),
         md="results/summary.md",
         ct2_csv=(
             [report("results/summary_ct2.csv", category="Results", labels={"table": "CTranslate2 (csv)"})]
-            if "ctranslate2" in EVAL_BACKENDS
+            if EVAL_CT2
             else []
         ),
         plots=[
@@ -29,7 +24,7 @@ rule report_summary:
             for name in PLOTS
         ],
     params:
-        curves=[f"results/train/{name}.jsonl" for name in MODELS],
+        curves=[TRAIN_METRICS.format(model=name) for name in MODELS],
         ct2=lambda wildcards, input, output: (
             f" --ct2-evals {' '.join(input.ct2_evals)} --ct2-csv {output.ct2_csv}" if input.ct2_evals else ""
         ),
@@ -37,10 +32,10 @@ rule report_summary:
         "logs/report/summary.log",
     benchmark:
         "benchmarks/report/summary.tsv"
-    threads: 1
+    threads: res("report")["threads"]
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=res("report")["mem_mb"],
+        runtime=res("report")["runtime"],
     shell:
         "{PY} -m pipeline.report --evals {input.evals} --curves {params.curves}"
         " --csv {output.csv} --md {output.md} --plots results/plots{params.ct2} > {log} 2>&1"

@@ -1,0 +1,241 @@
+# What every stage file shares, included first by the Snakefile: config accessors and checks, every
+# work/ and results/ path, the model roster, and the command-line flags of each decoding job, built
+# once here from the config. The stage files (data, teacher, distill, students, evaluate, report,
+# export; ct2 for the CTranslate2 conversion) read only what is defined here, never each other, so
+# they may be included in any order.
+#
+# Values: config/config.yaml holds every setting's default (the schema only checks), so the rules
+# read config keys directly and restate no default.
+#
+# Precedence of decoding settings: a job decodes with its stage's search settings (distill.* for the
+# distillation shards; evaluate.* for the evaluation and the export). A CTranslate2 job (distill.backend
+# ctranslate2, evaluate.backends' ctranslate2, the export) takes its batch from ct2.max_tokens and
+# ct2.batch_size, each key separately, where it is set (not null), and from the stage's own
+# max_tokens / batch_size otherwise; compute type, threads and shortlist come from ct2.* alone.
+
+import re
+import shlex
+import sys
+
+from pipeline.ct2 import COMPUTE_TYPES as CT2_COMPUTE_TYPES
+from pipeline.errors import ConfigError
+from pipeline.models import TEACHER, model_records, model_specs
+
+# ---------------------------------------------------------------------------------------------------
+# Config accessors
+
+SRC, TGT = config["src"], config["tgt"]
+LANGS = [SRC, TGT]
+SPLITS = ["train", "dev", "test"]
+FAIRSEQ_SPLIT = {"train": "train", "dev": "valid", "test": "test"}  # fairseq's names for our splits
+DATA_CFG = config["data"]
+STUDENTS_CFG = config["students"]
+DISTILL_CFG = config["distill"]
+EVAL_CFG = config["evaluate"]
+CT2_CFG = config["ct2"]
+REPORT_CFG = config["report"]
+
+
+def res(stage):
+    """Compute per job of a stage (config resources.<stage>: threads, mem_mb, runtime and, where a job may use one, gpus)."""
+    return config["resources"][stage]
+
+
+# Stage CLIs run with this interpreter (the .venv's), importing this repository's packages.
+PY = sys.executable
+REPO = workflow.basedir
+# (shell.prefix is formatted like a command: the doubled braces survive as shell syntax)
+shell.prefix("set -euo pipefail; export PYTHONPATH=" + REPO + "${{PYTHONPATH:+:$PYTHONPATH}}; ")
+
+# ---------------------------------------------------------------------------------------------------
+# Paths
+
+RAW_DIR = "work/data/raw"
+RAW = RAW_DIR + "/{split}.{lang}"  # as fetched (the references of the evaluation)
+NORM = "work/data/norm/{split}.{lang}"  # punctuation-normalised
+CLEAN_TEXT = "work/data/clean/train.{lang}"  # the cleaned training corpus
+SPM_PREFIX = "work/data/spm/spm"
+SPM_MODEL = SPM_PREFIX + ".model"
+SPM_TEXT_PREFIX = "work/data/spm/"
+SPM_TEXT = SPM_TEXT_PREFIX + "{split}.{lang}"  # spm-encoded splits (train: the cleaned corpus)
+BIN_DIR = "work/data/bin"  # the reference data, binarised with the joint dictionary
+DISTILL_TEXT_PREFIX = "work/distill/train"
+DISTILL_TEXT = DISTILL_TEXT_PREFIX + ".{lang}"  # the distilled corpus, spm-encoded
+DISTILL_IDS = DISTILL_TEXT_PREFIX + ".ids"
+DISTILL_PLAIN = "results/distill/train.{lang}.txt"  # the distilled corpus as text
+DISTILL_BIN = "work/distill/bin"  # the distilled training set beside the real dev and test sets
+DISTILL_STATS = "results/distill/stats.json"
+CLEAN_STATS = "results/data/clean_stats.json"
+CLEAN_IDS = "work/data/clean/train.ids"
+MODEL_DIR = "work/models/{model}"
+MODEL = MODEL_DIR + "/model.pt"
+MODEL_SPEC = MODEL_DIR + "/spec.json"  # the model's settings (pipeline.models.model_records), copied into its evaluations
+MODEL_SPM = MODEL_DIR + "/spm.model"  # beside model.pt, so that `pipeline.translate --model` needs nothing else
+TEACHER_MODEL = MODEL.format(model=TEACHER)
+CT2_DIR = "work/ct2/{model}"  # a converted model (float32), with its spm.model and pipeline.json
+CT2_MODEL = CT2_DIR + "/model.bin"
+VMAP = "work/ct2/vmap.txt"  # the vocabulary shortlist (pipeline.vmap) from the training corpus
+CT2_VMAP = VMAP if CT2_CFG["vmap"]["enabled"] else None  # the shortlist every CTranslate2 job uses, if any
+TRAIN_METRICS = "results/train/{model}.jsonl"  # fairseq's progress records of a model's training
+EVAL_JSON = "results/eval/{model}/{evalset}.json"
+EVAL_CT2_JSON = "results/eval/{model}/{evalset}.ct2-{compute_type}.json"
+
+
+def dict_files(bin_dir):
+    return [f"{bin_dir}/dict.{lang}.txt" for lang in LANGS]
+
+
+def split_files(bin_dir, split, exts=("bin", "idx")):
+    """fairseq's files of one of our splits (train, dev, test) in a binarised data directory."""
+    return [f"{bin_dir}/{FAIRSEQ_SPLIT[split]}.{SRC}-{TGT}.{lang}.{ext}" for lang in LANGS for ext in exts]
+
+
+def bin_files(bin_dir):
+    """Everything a binarised data directory holds: dictionaries, then every split."""
+    return dict_files(bin_dir) + [path for split in SPLITS for path in split_files(bin_dir, split)]
+
+
+# Distillation shards: zero-padded ids (at least 3 digits); the shard count is part of every shard's
+# file name, so that shards made for another count are never taken for finished ones.
+DISTILL_SHARDS = DISTILL_CFG["shards"]
+DISTILL_ID_WIDTH = max(3, len(str(DISTILL_SHARDS - 1)))
+DISTILL_SHARD_IDS = [f"{i:0{DISTILL_ID_WIDTH}d}" for i in range(DISTILL_SHARDS)]
+DISTILL_SHARD = f"work/distill/shards/shard{{shard}}-of-{DISTILL_SHARDS:0{DISTILL_ID_WIDTH}d}.jsonl"
+
+# ---------------------------------------------------------------------------------------------------
+# Model roster: the teacher, then one student per variant (x alpha x temperature for word-KD)
+
+MODELS = model_specs(config)
+STUDENTS = [name for name in MODELS if name != TEACHER]
+MODEL_PATTERN = "|".join(re.escape(name) for name in MODELS)  # wildcard constraint: only models of the roster
+# Distillation is planned (in `all`) only when a student trains on distilled targets (seq_kd, seq_word_kd).
+USES_DISTILLATION = any(MODELS[name].targets == "distilled" for name in STUDENTS)
+
+
+def train_data_dir(name):
+    """The binarised data a model trains on: the distilled corpus or the references."""
+    return DISTILL_BIN if MODELS[name].targets == "distilled" else BIN_DIR
+
+
+def model_targets(names):
+    """What a trained model is: model.pt, spec.json and spm.model (the teacher and students targets)."""
+    return [path.format(model=name) for name in names for path in (MODEL, MODEL_SPEC, MODEL_SPM)]
+
+
+MODEL_RECORDS = model_records(MODELS, src=SRC, tgt=TGT, spm=SPM_MODEL, data_dir=train_data_dir)
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation sets and what the report summarises
+
+EVAL_BUILTIN = ("dev", "test")  # the data stage's splits; extra sets are raw text of the user's
+EVAL_EXTRA = EVAL_CFG["extra_sets"]
+EVAL_SETS = list(EVAL_CFG["sets"]) + [name for name in EVAL_EXTRA if name not in EVAL_BUILTIN and name not in EVAL_CFG["sets"]]
+EVAL_SET_PATTERN = "|".join(re.escape(name) for name in EVAL_SETS)
+EVAL_CT2 = "ctranslate2" in EVAL_CFG["backends"]  # fairseq is always evaluated: the report's figures
+EVAL_CT2_TYPES = CT2_CFG["evaluate_compute_types"]
+SUMMARY_SET = REPORT_CFG["set"]
+EXPORT_MODELS = CT2_CFG["export"]["models"] if CT2_CFG["export"]["models"] is not None else STUDENTS
+
+
+def eval_outputs(models, sets=None):
+    """The evaluation JSON of each model on each set (default: every evaluated set)."""
+    return [EVAL_JSON.format(model=model, evalset=name) for model in models for name in (sets or EVAL_SETS)]
+
+
+def eval_ct2_outputs(models, sets=None):
+    """CTranslate2's evaluation JSON per model, set and compute type; none unless evaluate.backends has ctranslate2."""
+    if not EVAL_CT2:
+        return []
+    return [
+        EVAL_CT2_JSON.format(model=model, evalset=name, compute_type=ctype)
+        for model in models
+        for name in (sets or EVAL_SETS)
+        for ctype in EVAL_CT2_TYPES
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config checks the schema cannot express (each names its keys)
+
+if SRC == TGT:
+    raise ConfigError(f"config src and tgt: both are '{SRC}'; the source and target languages must differ")
+for _name in EVAL_CFG["sets"]:
+    if _name not in EVAL_BUILTIN and _name not in EVAL_EXTRA:
+        raise ConfigError(f"config evaluate.sets: unknown set '{_name}' (built-in: dev, test; or define it in evaluate.extra_sets)")
+if not EVAL_SETS:
+    raise ConfigError("config evaluate.sets: empty, and evaluate.extra_sets defines none: nothing to evaluate or report "
+                      "(e.g. sets: [dev, test])")
+if SUMMARY_SET not in EVAL_SETS:
+    raise ConfigError(f"config report.set: '{SUMMARY_SET}' is not evaluated (evaluate.sets and extra_sets give: "
+                      f"{', '.join(EVAL_SETS)}); add it to evaluate.sets or set report.set to one of them")
+if DISTILL_CFG["nbest"] > DISTILL_CFG["beam"]:
+    raise ConfigError(f"config distill.nbest ({DISTILL_CFG['nbest']}) must not exceed distill.beam ({DISTILL_CFG['beam']})")
+if DISTILL_CFG["max_tokens"] is None and DISTILL_CFG["batch_size"] is None:
+    raise ConfigError("config distill: set max_tokens or batch_size (or both)")
+if DATA_CFG["source"] == "files":
+    for _split in SPLITS:
+        if _split not in DATA_CFG["files"]:
+            raise ConfigError(f"config data.files.{_split}: missing (source 'files' needs train, dev and test)")
+for _name in EXPORT_MODELS:
+    if _name not in MODELS:
+        raise ConfigError(f"config ct2.export.models: unknown model '{_name}' (models: {', '.join(MODELS)})")
+
+# ---------------------------------------------------------------------------------------------------
+# Decoding flags, built once per kind of job (flag names: the stage CLIs')
+
+
+def flags(*pairs):
+    """'--name value' per pair; a True value gives the bare flag, None or False leaves the flag out."""
+    out = []
+    for name, value in pairs:
+        if value is True:
+            out.append(name)
+        elif value is not None and value is not False:
+            out.append(f"{name} {value}")
+    return " ".join(out)
+
+
+def search_flags(cfg, nbest=False):
+    return flags(("--beam", cfg["beam"]), ("--nbest", cfg["nbest"] if nbest else None), ("--lenpen", cfg["lenpen"]),
+                 ("--max-len-a", cfg["max_len_a"]), ("--max-len-b", cfg["max_len_b"]))
+
+
+def batch_flags(cfg):
+    return flags(("--max-tokens", cfg["max_tokens"]), ("--batch-size", cfg["batch_size"]))
+
+
+def ct2_batch_flags(cfg):
+    """The precedence rule above: ct2.max_tokens / ct2.batch_size where set, else the stage's own."""
+    pick = {key: CT2_CFG[key] if CT2_CFG[key] is not None else cfg[key] for key in ("max_tokens", "batch_size")}
+    return batch_flags(pick)
+
+
+# one compute type per device (the job's device is known only when it runs)
+CT2_COMPUTE_TYPE_FLAG = "--compute-type " + ",".join(f"{device}={CT2_CFG['compute_type'][device]}" for device in ("cpu", "cuda"))
+CT2_THREAD_FLAGS = flags(("--inter-threads", CT2_CFG["inter_threads"]), ("--intra-threads", CT2_CFG["intra_threads"]))
+CT2_VMAP_FILE_FLAG = flags(("--vmap", CT2_VMAP))  # the conversion's and the export's option: the shortlist file
+CT2_VMAP_FLAG = flags(("--vmap", CT2_VMAP is not None))  # a decoding job's: use the converted model's shortlist
+NORMALIZE_FLAG = flags(("--no-normalize", not DATA_CFG["normalize_punctuation"]))  # raw text into the model
+
+
+def join(*parts):
+    return " ".join(part for part in parts if part)
+
+
+SPEED_RUNS_FLAG = flags(("--speed-runs", EVAL_CFG["speed_runs"]))
+# pipeline.evaluate with fairseq (rule evaluate_model)
+EVAL_FLAGS = join(search_flags(EVAL_CFG), batch_flags(EVAL_CFG), flags(("--fp16", EVAL_CFG["fp16"])), SPEED_RUNS_FLAG)
+# pipeline.evaluate with CTranslate2 (rule evaluate_model_ct2; the compute type is the job's wildcard)
+EVAL_CT2_FLAGS = join(search_flags(EVAL_CFG), CT2_VMAP_FLAG, CT2_THREAD_FLAGS, ct2_batch_flags(EVAL_CFG), SPEED_RUNS_FLAG)
+# pipeline.export: the evaluation's search on the test set, CTranslate2's batch; the shortlist as a file
+EXPORT_FLAGS = join(search_flags(EVAL_CFG), CT2_COMPUTE_TYPE_FLAG, CT2_THREAD_FLAGS, ct2_batch_flags(EVAL_CFG),
+                    SPEED_RUNS_FLAG, CT2_VMAP_FILE_FLAG)
+# pipeline.distill.decode_shard with either backend
+DISTILL_CT2 = DISTILL_CFG["backend"] == "ctranslate2"
+if DISTILL_CT2:
+    DISTILL_FLAGS = join(search_flags(DISTILL_CFG, nbest=True), flags(("--fp16", DISTILL_CFG["fp16"])),
+                         f"--backend ctranslate2 --ct2-model {CT2_DIR.format(model=TEACHER)}", CT2_COMPUTE_TYPE_FLAG,
+                         CT2_VMAP_FLAG, CT2_THREAD_FLAGS, ct2_batch_flags(DISTILL_CFG))
+else:
+    DISTILL_FLAGS = join(search_flags(DISTILL_CFG, nbest=True), batch_flags(DISTILL_CFG),
+                         flags(("--fp16", DISTILL_CFG["fp16"])))

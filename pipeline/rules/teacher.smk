@@ -1,0 +1,90 @@
+# Teacher stage, and the one training rule every model goes through (the students stage,
+# students.smk, asks it for the students): same resumable mechanics, different inputs.
+# Beside each model.pt: spec.json (its settings, pipeline.models.model_record) and a copy of the
+# SentencePiece model, so `python -m pipeline.translate --model work/models/<name>/model.pt` needs
+# no other flag. Settings: config `train:`, `teacher:`, `students:`; compute: resources.train.
+
+import json
+
+from pipeline.models import fairseq_train_args
+
+
+def train_inputs(wildcards):
+    spec = MODELS[wildcards.model]
+    data = train_data_dir(spec.name)
+    inputs = {"dicts": dict_files(data), "train": split_files(data, "train", exts=("bin",))}
+    if spec.uses_teacher:
+        inputs["teacher"] = TEACHER_MODEL
+    return inputs
+
+
+def train_command(wildcards):
+    spec = MODELS[wildcards.model]
+    t = spec.train
+    wrapper = [
+        f"--data {train_data_dir(spec.name)}",
+        f"--save-dir {MODEL_DIR.format(model=spec.name)}/checkpoints",
+        f"--output {MODEL.format(model=spec.name)}",
+        f"--metrics {TRAIN_METRICS.format(model=spec.name)}",
+        f"--preset {spec.preset}",
+        f"--best-metric {t['best_metric']} --average-last {t['average_last']}",
+        "--fp16" if t["fp16"] else "",
+    ]
+    fairseq = fairseq_train_args(spec, TEACHER_MODEL, STUDENTS_CFG["kd_topk"])
+    return " ".join(wrapper) + " -- " + " ".join(shlex.quote(a) for a in fairseq)
+
+
+rule train_model:
+    input:
+        unpack(train_inputs),
+    output:
+        # The only declared output: the checkpoint directory beside it is never deleted by
+        # Snakemake, so a killed job, rerun, resumes from checkpoint_last.pt.
+        MODEL,
+    wildcard_constraints:
+        model=MODEL_PATTERN,
+    params:
+        command=train_command,
+        # A changed training setting retrains this model (and what depends on it).
+        settings=lambda wildcards: repr(MODELS[wildcards.model]),
+    log:
+        "logs/train/{model}.log",
+    benchmark:
+        "benchmarks/train/{model}.tsv"
+    threads: res("train")["threads"]
+    resources:
+        gpu=res("train")["gpus"],
+        mem_mb=res("train")["mem_mb"],
+        runtime=res("train")["runtime"],
+    retries: 1
+    shell:
+        "export OMP_NUM_THREADS={threads}; "
+        "{PY} -m pipeline.devices --gpus {resources.gpu} -- "
+        "{PY} -m pipeline.train {params.command} >> {log} 2>&1"
+
+
+# spec.json and spm.model: a rule of their own, so that writing them never retrains a model; a
+# changed record (a new alpha, preset, seed, ...) rewrites spec.json, and the training rule retrains
+# the model for the same change. Evaluation reads both.
+rule model_files:
+    input:
+        spm=SPM_MODEL,
+    output:
+        spec=MODEL_SPEC,
+        spm=MODEL_SPM,
+    wildcard_constraints:
+        model=MODEL_PATTERN,
+    params:
+        record=lambda wildcards: json.dumps(MODEL_RECORDS[wildcards.model], indent=1),
+    log:
+        "logs/train/{model}.files.log",
+    benchmark:
+        "benchmarks/train/{model}.files.tsv"
+    localrule: True  # a copy and a small file: no cluster job
+    shell:
+        "cp {input.spm} {output.spm} && printf '%s\\n' {params.record:q} > {output.spec} 2> {log}"
+
+
+rule teacher:
+    input:
+        model_targets([TEACHER]),

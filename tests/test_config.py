@@ -1,0 +1,225 @@
+"""The workflow config: one home for every default, and config checks that name their keys (dry runs)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from conftest import REPO, SNAKEMAKE, deep_merge, snakemake, write_config
+
+CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+
+
+def walk(node, path=""):
+    """Every (path, mapping) of a nested schema."""
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            yield from walk(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from walk(value, f"{path}/{i}")
+
+
+def test_schema_holds_no_defaults():
+    """config/config.yaml is the one home of defaults: the schema only checks."""
+    assert [path for path, node in walk(SCHEMA) if "default" in node] == []
+
+
+def test_every_schema_key_has_its_value_in_config_yaml():
+    """Every key the schema declares for a section of fixed keys is required, so config.yaml carries a value for it
+    (no rule or CLI call needs a fallback), and config.yaml, smoke.yaml and gpu.yaml merged into it all validate."""
+    overrides = {"/properties/teacher": {"train"}, "/properties/students": {"train"}}  # optional: override train
+    for path, node in walk(SCHEMA):
+        if "properties" in node and path != "/$defs/train_settings":  # (the top-level train requires them all)
+            missing = set(node["properties"]) - set(node.get("required", [])) - overrides.get(path, set())
+            assert not missing, f"schema {path}: not required, so config.yaml need not give them: {missing}"
+    jsonschema.Draft202012Validator(SCHEMA).validate(CONFIG)
+    for name in ("smoke.yaml", "gpu.yaml"):
+        jsonschema.Draft202012Validator(SCHEMA).validate(deep_merge(CONFIG, yaml.safe_load((REPO / "config" / name).read_text())))
+    train = SCHEMA["properties"]["train"]
+    assert set(train["required"]) == set(SCHEMA["$defs"]["train_settings"]["properties"]) == set(CONFIG["train"])
+
+
+def parser_of(module: str, argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ArgumentParser a stage CLI's main() builds (caught at parse_args, before it does anything)."""
+
+    class Built(Exception):
+        pass
+
+    parsers = []
+
+    def capture(self, *args, **kwargs):
+        parsers.append(self)
+        raise Built
+
+    original = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        with pytest.raises(Built):
+            importlib.import_module(module).main()
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    return parsers[0]
+
+
+def defaults(parser: argparse.ArgumentParser, sub: str | None = None) -> dict:
+    if sub:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[sub]
+    return {a.dest: a.default for a in parser._actions}
+
+
+# (CLI module, subcommand, argparse dest, config path, how the option relates to the key)
+CLI_KEYS = [
+    ("pipeline.normalize", None, "off", "data.normalize_punctuation", "negated"),
+    ("pipeline.clean", None, "max_tokens", "data.clean.max_tokens", "same"),
+    ("pipeline.clean", None, "max_length_ratio", "data.clean.max_length_ratio", "same"),
+    ("pipeline.clean", None, "keep_identical", "data.clean.remove_identical", "negated"),
+    ("pipeline.clean", None, "keep_duplicates", "data.clean.remove_duplicates", "negated"),
+    ("pipeline.spm", "train", "model_type", "data.spm.model_type", "same"),
+    ("pipeline.spm", "train", "character_coverage", "data.spm.character_coverage", "same"),
+    ("pipeline.train", None, "best_metric", "train.best_metric", "same"),
+    ("pipeline.train", None, "average_last", "train.average_last", "same"),
+    ("pipeline.distill.assemble", None, "selection", "distill.selection", "same"),
+    ("pipeline.distill.assemble", None, "metric", "distill.seq_inter_metric", "same"),
+    ("pipeline.distill.assemble", None, "min_length_ratio", "distill.filters.min_length_ratio", "same"),
+    ("pipeline.distill.assemble", None, "max_length_ratio", "distill.filters.max_length_ratio", "same"),
+    ("pipeline.distill.assemble", None, "max_repeat", "distill.filters.max_repeat", "same"),
+    ("pipeline.distill.assemble", None, "max_repeat_ngram", "distill.filters.max_repeat_ngram", "same"),
+    ("pipeline.distill.assemble", None, "on_filtered", "distill.filters.on_filtered", "same"),
+    ("pipeline.vmap", None, "frequent", "ct2.vmap.frequent", "same"),
+    ("pipeline.vmap", None, "per_source", "ct2.vmap.per_source", "same"),
+]
+
+
+@pytest.mark.parametrize(("module", "sub", "dest", "key", "relation"), CLI_KEYS, ids=[f"{c[0]}:{c[2]}" for c in CLI_KEYS])
+def test_cli_defaults_equal_the_config_values(module, sub, dest, key, relation, monkeypatch):
+    """A stage CLI run by hand behaves as the workflow runs it (non-decoding CLIs; the decoding ones have their own test)."""
+    monkeypatch.setattr(sys, "argv", [module])
+    value = CONFIG
+    for part in key.split("."):
+        value = value[part]
+    default = defaults(parser_of(module), sub)[dest]
+    assert default == (not value if relation == "negated" else value), f"{module} --{dest.replace('_', '-')} vs config {key}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Config checks through the real Snakefile: a dry run fails with the key's name and runs nothing
+
+
+def dry_run(tmp_path: Path, overrides: dict, *targets: str, check: bool = False):
+    cfg = write_config(tmp_path, overrides)
+    return snakemake(tmp_path, "-n", "-p", *(targets or ("all",)), config=cfg, check=check)
+
+
+def assert_config_error(proc, *needles: str, tmp_path: Path):
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert "ConfigError" in proc.stdout, proc.stdout[-3000:]
+    for needle in needles:
+        assert needle in proc.stdout, proc.stdout[-3000:]
+    assert "InputFunctionException" not in proc.stdout and "Duplicate output" not in proc.stdout
+    assert not (tmp_path / "work").exists() and not (tmp_path / "logs").exists()  # nothing ran
+
+
+def test_same_source_and_target_language_names_the_keys(tmp_path: Path):
+    proc = dry_run(tmp_path, {"src": "en", "tgt": "en"})
+    assert_config_error(proc, "config src and tgt: both are 'en'", tmp_path=tmp_path)
+
+
+def test_evaluation_sets_empty_or_without_the_report_set(tmp_path: Path):
+    proc = dry_run(tmp_path / "empty", {"evaluate": {"sets": []}})
+    assert_config_error(proc, "config evaluate.sets: empty", tmp_path=tmp_path / "empty")
+    proc = dry_run(tmp_path / "dev", {"evaluate": {"sets": ["dev"]}})
+    assert_config_error(proc, "config report.set: 'test' is not evaluated", "dev", tmp_path=tmp_path / "dev")
+    proc = dry_run(tmp_path / "typo", {"evaluate": {"sets": ["tset"]}})
+    assert_config_error(proc, "config evaluate.sets: unknown set 'tset'", tmp_path=tmp_path / "typo")
+    # the report on another evaluated set: planned, and summarised from that set's evaluations
+    proc = dry_run(tmp_path / "ok", {"evaluate": {"sets": ["dev"]}, "report": {"set": "dev"}}, "report", check=True)
+    assert "--evals results/eval/teacher/dev.json" in proc.stdout and "results/eval/teacher/test.json" not in proc.stdout
+
+
+def jobs(output: str) -> dict[str, int]:
+    table = output.split("Job stats:", 1)[1] if "Job stats:" in output else ""
+    counts = {}
+    for line in table.splitlines():
+        m = re.fullmatch(r"\s*(\w+)\s+(\d+)\s*", line)
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def test_no_student_variants_plans_the_teacher_alone(tmp_path: Path):
+    """students.variants: [] is a teacher-only run: no distillation, no conversion but the evaluation's own."""
+    proc = dry_run(tmp_path / "fairseq", {"students": {"variants": []}, "evaluate": {"backends": ["fairseq"]}}, check=True)
+    counts = jobs(proc.stdout)
+    assert counts["train_model"] == 1 and counts["report_summary"] == 1, counts
+    assert not [rule for rule in counts if rule.startswith("distill") or rule.startswith("ct2")], counts
+    proc = dry_run(tmp_path / "ct2", {"students": {"variants": []}, "distill": {"backend": "ctranslate2"}}, check=True)
+    counts = jobs(proc.stdout)
+    assert counts["ct2_convert"] == 1 and counts["evaluate_model_ct2"] == 1, counts  # the teacher's CTranslate2 evaluation
+    assert not [rule for rule in counts if rule.startswith("distill")], counts
+    # students on references alone need no distillation either
+    counts = jobs(dry_run(tmp_path / "refs", {"students": {"variants": ["baseline", "word_kd"]}}, check=True).stdout)
+    assert counts["train_model"] == 3 and not [rule for rule in counts if rule.startswith("distill")], counts
+
+
+def shard_commands(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "pipeline.distill.decode_shard" in line]
+
+
+def test_ctranslate2_distillation_carries_each_batch_flag_once(tmp_path: Path):
+    """Precedence: ct2.max_tokens / ct2.batch_size where set, else distill's own (each key on its own)."""
+    proc = dry_run(tmp_path / "ct2", {"distill": {"backend": "ctranslate2", "max_tokens": 2000}}, "distill", check=True)
+    commands = shard_commands(proc.stdout)
+    assert len(commands) == 3
+    for command in commands:
+        assert command.count("--max-tokens") == 1 and "--max-tokens 1000" in command  # ct2.max_tokens
+        assert command.count("--batch-size") == 1 and "--batch-size 8" in command
+        assert "--compute-type cpu=int8,cuda=float16" in command
+    proc = dry_run(tmp_path / "own", {"distill": {"backend": "ctranslate2", "max_tokens": 2000},
+                                      "ct2": {"max_tokens": None, "batch_size": None}}, "distill", check=True)
+    for command in shard_commands(proc.stdout):
+        assert command.count("--max-tokens") == 1 and "--max-tokens 2000" in command and "--batch-size" not in command
+    proc = dry_run(tmp_path / "fairseq", {"distill": {"max_tokens": 2000}}, "distill", check=True)
+    for command in shard_commands(proc.stdout):  # fairseq: the stage's own, ct2.* unused
+        assert command.count("--max-tokens") == 1 and "--max-tokens 2000" in command and "--batch-size" not in command
+
+
+def test_stage_files_do_not_depend_on_include_order(tmp_path: Path):
+    """The Snakefile with its stage files included in reverse order (common.smk first) plans the same jobs."""
+    text = (REPO / "Snakefile").read_text()
+    includes = re.findall(r'^include: "pipeline/rules/(?!common)\w+\.smk"\n', text, re.M)
+    assert len(includes) == 8
+    reordered = text
+    for line in includes:
+        reordered = reordered.replace(line, "")
+    anchor = 'include: "pipeline/rules/common.smk"'
+    head, tail = reordered.split(anchor)
+    tail = tail.split("\n", 1)
+    reordered = head + anchor + tail[0] + "\n" + "".join(reversed(includes)) + tail[1]
+    snakefile = REPO / "Snakefile.reversed-includes"  # beside the real one: the includes are relative to it
+    snakefile.write_text(reordered)
+    try:
+        cfg = write_config(tmp_path, {"ct2": {"vmap": {"enabled": True}}, "distill": {"backend": "ctranslate2"}})
+        outputs = []
+        for path in (REPO / "Snakefile", snakefile):
+            cmd = [*SNAKEMAKE, "-n", "all", "export", "-s", str(path), "--directory", str(tmp_path), "--cores", "2",
+                   "--configfile", str(cfg)]
+            proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)), text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+            assert proc.returncode == 0, proc.stdout[-3000:]
+            outputs.append(jobs(proc.stdout))
+    finally:
+        snakefile.unlink()
+    assert outputs[0] == outputs[1] and outputs[0]["ct2_vmap"] == 1
+

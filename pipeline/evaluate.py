@@ -38,7 +38,7 @@ from pipeline.cli import run
 from pipeline.corpus import read_lines, write_lines
 from pipeline.decoding import Backend, BatchSettings, Decoded, SearchOptions, add_decoding_args, backend_from_args
 from pipeline.errors import ConfigError, DataError
-from pipeline.spm import TextCodec
+from pipeline.spm import DEFAULT_MAX_POSITIONS, TextCodec, check_lengths, max_pieces_for
 
 log = logging.getLogger("pipeline.evaluate")
 
@@ -160,7 +160,10 @@ def main() -> None:
     elif args.src_pieces:
         lines, source_desc = read_lines(args.src_pieces), str(args.src_pieces)
     else:
-        lines, source_desc = [codec.encode(line) for line in read_lines(args.src_text)], str(args.src_text)
+        # the data stage's policy for dev and test (pipeline.spm.check_lengths): too long is an error, never cut
+        encoded = (codec.encode(line) for line in read_lines(args.src_text))
+        lines = list(check_lengths(encoded, args.src_text, max_pieces_for(DEFAULT_MAX_POSITIONS)))
+        source_desc = str(args.src_text)
     refs = read_lines(args.ref)
     if len(refs) != len(lines):
         raise DataError(f"{args.ref}: {len(refs)} reference lines but the source ({source_desc}) has {len(lines)}")

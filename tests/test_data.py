@@ -172,3 +172,22 @@ def test_snakemake_data_on_multi30k_slice(smoke_data: Path):
     for rule in ("fetch_corpus", "clean_train", "spm_train", "binarize"):
         assert (smoke_data / f"logs/data/{rule}.log").exists()
         assert (smoke_data / f"benchmarks/data/{rule}.tsv").exists()
+
+
+def test_overlong_dev_line_stops_the_data_stage_naming_file_and_line(tmp_path: Path):
+    """A dev line longer than the models take fails at data time (file, 1-based line), not in training."""
+    dev = {lang: gzip.open(MIRROR / f"val.{lang}.gz").read().decode().splitlines()[:50] for lang in ("de", "en")}
+    dev["en"][6] = " ".join(["dog"] * 1500)
+    for lang, lines in dev.items():
+        (tmp_path / f"dev.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    files = {
+        "train": {"src": str(MIRROR / "train.de.gz"), "tgt": str(MIRROR / "train.en.gz")},
+        "dev": {"src": str(tmp_path / "dev.de"), "tgt": str(tmp_path / "dev.en")},
+        "test": {"src": str(MIRROR / "test_2016_flickr.de.gz"), "tgt": str(MIRROR / "test_2016_flickr.en.gz")},
+    }
+    cfg = write_config(tmp_path, {"data": {"source": "files", "files": files}})
+    proc = snakemake(tmp_path, "data", config=cfg, check=False)
+    assert proc.returncode != 0
+    assert "error: work/data/norm/dev.en: line 7: " in proc.stdout  # the failed rule's log is shown
+    assert "more than the 1023 a model takes" in proc.stdout
+    assert not (tmp_path / "work/data/spm/dev.en").exists() and not (tmp_path / "work/data/bin").exists()

@@ -223,3 +223,18 @@ def test_fastest_of_keeps_first_hypotheses_and_fastest_timing():
     assert decoded.hypotheses[0][0].tokens == "pass 3.0"
     with pytest.raises(ConfigError, match="speed-runs 0"):
         fastest_of(decode, 0)
+
+
+def test_evaluate_rejects_an_extra_set_line_the_model_cannot_take(tiny_teacher, data, tmp_path):
+    """An extra set (raw text, encoded by the evaluation) follows the data stage's policy: an error, never cut."""
+    src, ref = tmp_path / "long.de", tmp_path / "long.en"
+    src.write_text("Ein Hund läuft.\n" + " ".join(["Hund"] * 1100) + "\nEine Katze.\n", encoding="utf-8")
+    ref.write_text("A dog runs.\nDogs.\nA cat.\n", encoding="utf-8")
+    out = tmp_path / "long.json"
+    proc = run_stage(
+        "pipeline.evaluate", "--model", str(tiny_teacher), "--set", "long", "--src-text", str(src), "--ref", str(ref),
+        "--spm", str(data / "spm" / "spm.model"), "--json", str(out), *FAST, "--cpu",
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"error: {src}: line 2: " in proc.stderr and "more than the 1023 a model takes" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()

@@ -20,6 +20,7 @@ import sys
 from pipeline.ct2 import COMPUTE_TYPES as CT2_COMPUTE_TYPES
 from pipeline.errors import ConfigError
 from pipeline.models import TEACHER, model_records, model_specs
+from pipeline.spm import DEFAULT_MAX_POSITIONS, max_pieces_for
 
 # ---------------------------------------------------------------------------------------------------
 # Config accessors
@@ -127,6 +128,8 @@ MODEL_RECORDS = model_records(MODELS, src=SRC, tgt=TGT, spm=SPM_MODEL, data_dir=
 # ---------------------------------------------------------------------------------------------------
 # Evaluation sets and what the report summarises
 
+# Pieces per dev/test line that every model takes (fairseq's positions minus EOS; no preset changes them).
+EVAL_MAX_PIECES = max_pieces_for(DEFAULT_MAX_POSITIONS)
 EVAL_BUILTIN = ("dev", "test")  # the data stage's splits; extra sets are raw text of the user's
 EVAL_EXTRA = EVAL_CFG["extra_sets"]
 EVAL_SETS = list(EVAL_CFG["sets"]) + [name for name in EVAL_EXTRA if name not in EVAL_BUILTIN and name not in EVAL_CFG["sets"]]

@@ -123,6 +123,9 @@ rule spm_encode:
         SPM_TEXT,
     wildcard_constraints:
         split="train|dev|test",
+    params:
+        # dev and test lines the models cannot take stop the data stage (file, line); never cut or dropped
+        max_pieces=lambda wildcards: "" if wildcards.split == "train" else f"--max-pieces {EVAL_MAX_PIECES}",
     log:
         "logs/data/spm_encode.{split}.{lang}.log",
     benchmark:
@@ -132,7 +135,7 @@ rule spm_encode:
         mem_mb=res("data")["mem_mb"],
         runtime=res("data")["runtime"],
     shell:
-        "{PY} -m pipeline.spm encode --model {input.model} {input.text} {output} > {log} 2>&1"
+        "{PY} -m pipeline.spm encode --model {input.model} {params.max_pieces} {input.text} {output} > {log} 2>&1"
 
 
 rule binarize:

@@ -314,9 +314,11 @@ def test_ct2_evaluation_and_export_through_the_snakefile(smoke_data, tiny_teache
         assert rule in dry, rule
     assert "results/eval/teacher/test.ct2-int8.json" in dry and "export/teacher" in dry
     target = "results/eval/teacher/test.ct2-int8.json"
-    run_snakefile(snakefile, workdir, target, "--allowed-rules", "ct2_convert", "evaluate_model_ct2", config=config)
+    run_snakefile(snakefile, workdir, target, "--allowed-rules", "model_files", "ct2_convert", "evaluate_model_ct2",
+                  config=config)
     result = json.loads((workdir / target).read_text())
     assert result["backend"] == "ctranslate2" and result["compute_type"] == "int8"
+    assert result["spec"]["name"] == "teacher" and result["spec"]["variant"] == "teacher"
     assert result["sentences"] == len(read_lines(workdir / "work/data/raw/test.en"))
     for mode in ("beam", "greedy"):
         assert result[mode]["bleu"]["signature"].startswith("nrefs:1")
@@ -344,7 +346,7 @@ def test_vocabulary_shortlist_through_the_snakefile(smoke_data, tiny_teacher, tm
     assert "pipeline.vmap" in dry and "--vmap work/ct2/vmap.txt" in dry  # conversion and export
     assert "--backend ctranslate2 --ct2-model work/ct2/teacher" in dry and " --vmap" in dry
     target = "results/eval/teacher/test.ct2-int8.json"
-    run_snakefile(snakefile, workdir, target, "--allowed-rules", "ct2_vmap", "ct2_convert", "evaluate_model_ct2",
+    run_snakefile(snakefile, workdir, target, "--allowed-rules", "model_files", "ct2_vmap", "ct2_convert", "evaluate_model_ct2",
                   config=config)
     lines = read_lines(workdir / "work/ct2/vmap.txt")
     source, targets = lines[0].split("\t")

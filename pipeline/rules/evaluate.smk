@@ -69,7 +69,7 @@ rule evaluate_model:
 
 def eval_ct2_inputs(wildcards):
     # built-in sets: the data stage's spm-encoded text, no binarised split needed
-    return {"model": CT2_MODEL.format(model=wildcards.model),
+    return {"model": CT2_MODEL.format(model=wildcards.model), "spec": MODEL_SPEC.format(model=wildcards.model),
             **eval_set_inputs(wildcards.evalset, SPM_TEXT.format(split=wildcards.evalset, lang=SRC))}
 
 
@@ -103,7 +103,7 @@ rule evaluate_model_ct2:
         "export OMP_NUM_THREADS={threads}; "
         "{PY} -m pipeline.devices --gpus {resources.gpu} --"
         " {PY} -m pipeline.evaluate --backend ctranslate2 --ct2-model {params.ct2_dir}"
-        " --name {wildcards.model} --set {wildcards.evalset} {params.source} --ref {input.ref:q}"
+        " --name {wildcards.model} --set {wildcards.evalset} {params.source} --ref {input.ref:q} --spec {input.spec}"
         " --json {output.json} --beam-hyps {output.beam} --greedy-hyps {output.greedy}"
         " {params.decoding} --compute-type {wildcards.compute_type} --threads {threads} > {log} 2>&1"
 

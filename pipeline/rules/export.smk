@@ -9,6 +9,7 @@
 def export_inputs(wildcards):
     inputs = {
         "model": MODEL.format(model=wildcards.model),
+        "spec": MODEL_SPEC.format(model=wildcards.model),
         "spm": SPM_MODEL,
         "dicts": dict_files(BIN_DIR),
         "src": SPM_TEXT.format(split="test", lang=SRC),
@@ -48,7 +49,7 @@ rule export_model:
         "{PY} -m pipeline.devices --gpus {resources.gpu} --"
         " {PY} -m pipeline.export --model {input.model} --name {wildcards.model} --out {output}"
         " --data {BIN_DIR} --spm {input.spm} --src-pieces {input.src} --ref {input.ref:q} --set test"
-        " {params.fairseq_eval} --quantization {params.quantization}"
+        " --spec {input.spec} {params.fairseq_eval} --quantization {params.quantization}"
         " --compute-types {params.compute_types} {params.decoding} --threads {threads}{params.normalize} > {log} 2>&1"
 
 

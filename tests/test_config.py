@@ -223,3 +223,29 @@ def test_stage_files_do_not_depend_on_include_order(tmp_path: Path):
         snakefile.unlink()
     assert outputs[0] == outputs[1] and outputs[0]["ct2_vmap"] == 1
 
+
+
+# The decoding CLIs (pipeline.decoding.add_decoding_args) against the stage settings they run with.
+# Batches: no flag means the backend's default batch, fairseq's DEFAULT_MAX_TOKENS tokens, which the
+# config names explicitly. --fp16 is a switch (off unless given): config distill.fp16 applies on GPU only.
+DECODING_CLIS = {
+    "pipeline.evaluate": "evaluate",
+    "pipeline.export": "evaluate",
+    "pipeline.translate": "evaluate",
+    "pipeline.distill.decode_shard": "distill",
+}
+DECODING_KEYS = ["beam", "nbest", "lenpen", "max_len_a", "max_len_b", "max_tokens", "batch_size", "speed_runs"]
+
+
+@pytest.mark.parametrize("module", sorted(DECODING_CLIS))
+def test_decoding_cli_defaults_equal_the_config_values(module, monkeypatch):
+    from pipeline.decoding.batching import DEFAULT_MAX_TOKENS
+
+    stage = CONFIG[DECODING_CLIS[module]]
+    monkeypatch.setattr(sys, "argv", [module])
+    cli = defaults(parser_of(module))
+    compared = [key for key in DECODING_KEYS if key in cli and key in stage]
+    assert {"beam", "lenpen", "max_len_a", "max_len_b", "max_tokens", "batch_size"} <= set(compared)
+    for key in compared:
+        default = DEFAULT_MAX_TOKENS if key == "max_tokens" and cli[key] is None else cli[key]
+        assert default == stage[key], f"{module} --{key.replace('_', '-')} vs config {DECODING_CLIS[module]}.{key}"

@@ -22,6 +22,7 @@ from pipeline.errors import ConfigError
 
 BACKENDS = ("fairseq", "ctranslate2")
 DEFAULT_BACKEND = "fairseq"
+DEFAULT_SPEED_RUNS = 3  # passes per speed measurement (config evaluate.speed_runs)
 DEFAULT_COMPUTE_TYPE_ARG = "auto"  # the fastest measured type for the device (pipeline.decoding.compute)
 
 
@@ -120,5 +121,6 @@ def add_decoding_args(
                            help="CTranslate2: decode with the model's vocabulary shortlist (vmap.txt; faster, changes the "
                            "output; default: if its export chose it)")
     if speed_runs:
-        parser.add_argument("--speed-runs", type=int, default=1,
-                            help="decode this many times; the fastest pass is the speed (default 1)")
+        parser.add_argument("--speed-runs", type=int, default=DEFAULT_SPEED_RUNS,
+                            help=f"decode this many times; the fastest pass is the speed (default {DEFAULT_SPEED_RUNS}: "
+                            "a busy machine only ever adds time)")

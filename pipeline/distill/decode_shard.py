@@ -29,6 +29,9 @@ from pipeline.decoding import SearchOptions, add_decoding_args, backend_from_arg
 from pipeline.distill.shards import Hyp, NBest, read_ids, shard_filename, shard_range, write_shard
 from pipeline.errors import BackendError, ConfigError, DataError
 
+# The distillation keeps an n-best list per sentence (config distill.nbest), for seq_inter to choose from.
+DISTILL_NBEST = 5
+
 log = logging.getLogger("pipeline.distill.decode_shard")
 
 
@@ -42,6 +45,7 @@ def main() -> None:
     parser.add_argument("--num-shards", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
     add_decoding_args(parser)
+    parser.set_defaults(nbest=DISTILL_NBEST)
     args = parser.parse_args()
     options = SearchOptions.from_args(args)
 

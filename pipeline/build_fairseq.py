@@ -128,6 +128,51 @@ PATCHES: list[tuple[str, str, str]] = [
     ("fairseq/data/data_utils.py", "                    np.int,\n", "                    np.int64,\n"),
     ("fairseq/data/data_utils.py", 'interpolation="lower"', 'method="lower"'),
     ("fairseq/modules/dynamic_crf_layer.py", 'np.float("inf")', 'float("inf")'),
+    # 9. Distributed training on CPU (gloo, e.g. 2 CPU tasks under srun): DDP accepts device_ids only
+    #    for GPU modules ("device_ids and output_device arguments only work with single-device/multiple-
+    #    device GPU modules or CPU modules, but got device_ids [0]"); a CPU module needs None.
+    (
+        "fairseq/models/distributed_fairseq_model.py",
+        "            device_ids=[args.device_id],\n            output_device=args.device_id,\n",
+        "            device_ids=None if torch.device(device).type == \"cpu\" else [args.device_id],\n"
+        "            output_device=None if torch.device(device).type == \"cpu\" else args.device_id,\n",
+    ),
+    # 10. Distributed training (CPU or GPU): the encoder layers' inference fast-path weight copies
+    #     (in_proj_weight ... fc2_bias, unused since fix 5) are parameters that never get a gradient,
+    #     and DDP stops on them ("Expected to have finished reduction in the prior iteration ...
+    #     parameters that were not used in producing loss"). DDP is told to ignore them, by name; they
+    #     stay in the state dict and the optimizer (no gradient: never updated), so checkpoints and
+    #     resumed optimizer states are unchanged, and no --find-unused-parameters graph walk is needed.
+    (
+        "fairseq/models/distributed_fairseq_model.py",
+        "logger = logging.getLogger(__name__)\n",
+        "logger = logging.getLogger(__name__)\n"
+        "\n"
+        "_FASTPATH_COPIES = (\n"
+        "    \"in_proj_weight\", \"in_proj_bias\", \"out_proj_weight\", \"out_proj_bias\",\n"
+        "    \"fc1_weight\", \"fc1_bias\", \"fc2_weight\", \"fc2_bias\",\n"
+        ")\n"
+        "\n"
+        "\n"
+        "def _ignore_fastpath_copies(model):\n"
+        "    from fairseq.modules.transformer_layer import TransformerEncoderLayerBase\n"
+        "\n"
+        "    names = [\n"
+        "        f\"{prefix}.{name}\"\n"
+        "        for prefix, module in model.named_modules()\n"
+        "        if isinstance(module, TransformerEncoderLayerBase)\n"
+        "        for name in _FASTPATH_COPIES\n"
+        "        if name in module._parameters\n"
+        "    ]\n"
+        "    if names:\n"
+        "        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)\n",
+    ),
+    (
+        "fairseq/models/distributed_fairseq_model.py",
+        '    elif args.ddp_backend in {"c10d", "pytorch_ddp"}:\n        wrapped_model = DistributedDataParallel(\n',
+        '    elif args.ddp_backend in {"c10d", "pytorch_ddp"}:\n        _ignore_fastpath_copies(model)\n'
+        "        wrapped_model = DistributedDataParallel(\n",
+    ),
     ("fairseq/version.txt", VERSION, LOCAL_VERSION),
 ]
 

@@ -1,9 +1,11 @@
 # Training: the teacher and every student through one rule (same resumable mechanics, different inputs).
 
+from pipeline.launch import rule_resources, topology, train_args
 from pipeline.models import TEACHER, fairseq_train_args, model_specs
 
 MODELS = model_specs(config)
 TRAIN_RES = config.get("resources", {}).get("train", {})
+TRAIN_TOPOLOGY = topology(TRAIN_RES)  # nodes x tasks: pipeline/launch.py
 TEACHER_MODEL = f"work/models/{TEACHER}/model.pt"
 
 
@@ -33,6 +35,7 @@ def train_command(wildcards):
         f"--best-metric {t.get('best_metric', 'loss')} --average-last {t.get('average_last', 0)}",
         "--fp16" if t.get("fp16", True) else "",
     ]
+    wrapper += train_args(TRAIN_TOPOLOGY)  # nothing for one task
     fairseq = fairseq_train_args(spec, TEACHER_MODEL, config.get("students", {}).get("kd_topk", 0))
     return " ".join(wrapper) + " -- " + " ".join(shlex.quote(a) for a in fairseq)
 
@@ -56,7 +59,7 @@ rule train_model:
         "benchmarks/train/{model}.tsv"
     threads: TRAIN_RES.get("threads", 2)
     resources:
-        gpu=TRAIN_RES.get("gpus", 1),
+        **rule_resources(TRAIN_TOPOLOGY, lambda: getattr(workflow.executor_plugin, "name", None)),
         mem_mb=TRAIN_RES.get("mem_mb", 8000),
         runtime=TRAIN_RES.get("runtime", 720),
     retries: 1

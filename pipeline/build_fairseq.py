@@ -173,6 +173,14 @@ PATCHES: list[tuple[str, str, str]] = [
         '    elif args.ddp_backend in {"c10d", "pytorch_ddp"}:\n        _ignore_fastpath_copies(model)\n'
         "        wrapped_model = DistributedDataParallel(\n",
     ),
+    # 11. Distributed resume: rank 0 loads checkpoint_last.pt and broadcasts it to the other ranks,
+    #     which unpickle it with torch.load: under torch >= 2.6 (weights_only=True) rank 1 fails on the
+    #     checkpoint's omegaconf DictConfig ("Weights only load failed ... Unsupported global"), as fix 4.
+    (
+        "fairseq/distributed/utils.py",
+        '        obj = torch.load(buffer, map_location="cpu")\n',
+        '        obj = torch.load(buffer, map_location="cpu", weights_only=False)\n',
+    ),
     ("fairseq/version.txt", VERSION, LOCAL_VERSION),
 ]
 

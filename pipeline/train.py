@@ -12,7 +12,9 @@ moved to <save-dir>.previous and training starts from scratch. Options that only
 train or how often to log, validate or save (CONTINUATION_OPTIONS) continue the run: fairseq's
 learning-rate schedule and data order depend on the update count alone. The device is chosen here:
 all visible GPUs (distributed training when there are several), else the CPU, with no change to the
-options (a run may resume on another device).
+options (a run may resume on another device). With --nodes/--tasks-per-node inside a Slurm job
+(resources.train nodes, tasks: pipeline/launch.py) this process still runs once, and starts
+fairseq-train under srun, once per task.
 """
 
 from __future__ import annotations

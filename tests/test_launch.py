@@ -134,3 +134,16 @@ def test_impossible_topologies_name_the_key(train_res, key):
 def test_port_follows_the_job():
     assert launch.distributed_port("1") != launch.distributed_port("2")
     assert 1024 < launch.distributed_port("987654321") < 65536
+
+
+def test_a_run_moves_between_one_task_and_srun_without_restarting(tmp_path):
+    """The distributed options are continuation options: a run started as one task resumes under srun."""
+    from pipeline.train import run_identity
+
+    data = tmp_path / "bin"
+    data.mkdir()
+    (data / "dict.en.txt").write_text("a 1\n")
+    base = ["python", "-m", "fairseq_cli.train", str(data), "--lr", "0.1", "--max-update", "5"]
+    plan = launch.launch_plan(launch.topology({"tasks": 2, "gpus": 0}), {"SLURM_JOB_ID": "5"})
+    assert run_identity([*base, "--cpu"], data) == run_identity([*base, *plan.fairseq_args], data)
+    assert run_identity([*base, "--cpu"], data) != run_identity([*base, "--lr", "0.2", "--cpu"], data)

@@ -171,3 +171,32 @@ def launch_plan(topo: Topology, env: Mapping[str, str] | None = None, fp16: bool
 def describe(topo: Topology) -> str:
     kind = f"{topo.gpus_per_task} GPU each" if topo.gpus_per_task else "CPU, gloo"
     return f"{topo.nodes} node(s) x {topo.tasks_per_node} task(s) ({kind}), world size {topo.world_size}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run COMMAND once per task under srun, as pipeline.train runs fairseq (a probe of the launch)."""
+    import argparse
+    import subprocess
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.launch", description=main.__doc__)
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--tasks-per-node", type=int, default=1)
+    parser.add_argument("--gpus-per-task", type=int, default=1, help="0: CPU tasks")
+    parser.add_argument("--threads-per-task", type=int, default=1)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given")
+    topo = Topology(args.nodes, args.tasks_per_node, args.gpus_per_task, args.gpus_per_task, args.threads_per_task)
+    plan = launch_plan(topo)
+    if plan is None:
+        print(f"[launch] {describe(topo)}: not inside a multi-task Slurm job, running once", file=sys.stderr)
+        return subprocess.run(command).returncode
+    print(f"[launch] {describe(topo)}: {' '.join(plan.prefix)}", file=sys.stderr)
+    return subprocess.run(plan.prefix + command, env=plan.env).returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -63,8 +63,8 @@ TARGETS = [
     Target("pipeline", ("all",), frozenset(PIPELINE_RULES),
            gpus={"train_model": 1, "distill_decode_shard": 1, "evaluate_model": 1, "evaluate_model_ct2": 1}),
     Target(
-        "probes", ("all",), frozenset({"gpu_probe", "flaky"}), snakefile=PROBES, smoke_config=False,
-        gpus={"gpu_probe": None}, fail_once="flaky",
+        "probes", ("all",), frozenset({"gpu_probe", "flaky", "gpu_tasks_probe"}), snakefile=PROBES, smoke_config=False,
+        gpus={"gpu_probe": None, "gpu_tasks_probe": 2}, fail_once="flaky",
     ),
 ]
 # Multi-task training (pipeline/launch.py): the teacher and a word-KD student, each trained by 2 CPU
@@ -81,6 +81,7 @@ MULTITASK = Target(
     },
 )
 TARGETS.append(MULTITASK)
+PER_NODE_GPU_RULES = {"gpu_tasks_probe"}
 
 
 # --- the cluster ------------------------------------------------------------------------------------
@@ -307,7 +308,9 @@ def test_gpu_requests(slurm_run):
                     assert int(requested["gres/gpu"]) == want, (rule, jobid, requested)
                 ctl = scontrol_job(jobid)
                 if ctl:
-                    assert "gres:gpu" in ctl.get("TresPerJob", ""), ctl
+                    # a multi-task job asks per node (--gpus-per-node), the others for the job (--gpus)
+                    per = "TresPerNode" if rule in PER_NODE_GPU_RULES else "TresPerJob"
+                    assert "gres:gpu" in ctl.get(per, ""), ctl
             else:
                 assert "gres/gpu" not in requested, f"{rule} job {jobid} requested GPUs: {requested}"
 
@@ -391,6 +394,29 @@ def test_multitask_training(slurm_run):
         assert out.returncode == 0, out.stderr[-3000:]
         lines = out.stdout.splitlines()
         assert len(lines) == 3 and all(line.strip() for line in lines), out.stdout
+
+
+@pytest.mark.parametrize("slurm_run", [t for t in TARGETS if t.name == "probes"], ids=str, indirect=True)
+def test_gpu_tasks_under_srun(slurm_run):
+    """The GPU side of multi-task training, with fake GPUs: one job of 2 tasks and 2 GPUs on its node; the
+    rule ran once and started srun (pipeline.launch); each task has its rank and local id, 2 tasks per
+    node, and sees both of the node's GPUs (fairseq then takes cuda:SLURM_LOCALID)."""
+    run = slurm_run
+    assert run.proc.returncode == 0, describe(run)
+    (jobid,) = run.jobs["gpu_tasks_probe"]
+    requested = tres(run.records[jobid]["ReqTRES"])
+    assert (requested.get("gres/gpu"), requested.get("node")) == ("2", "1"), requested
+    assert job_steps(jobid).get(f"{jobid}.0") == "2"
+    lines = (run.workdir / "gpu_tasks.env").read_text().splitlines()
+    tasks = {}
+    for line in lines:
+        label, fields = line.split(": ", 1)
+        tasks[int(label)] = dict(item.split("=", 1) for item in fields.split())
+    assert sorted(tasks) == [0, 1], lines
+    for label, env in tasks.items():
+        assert env["PROCID"] == env["LOCALID"] == str(label), lines
+        assert env["NTASKS_PER_NODE"] == "2" and env["NODELIST"], lines
+        assert env["CUDA"] == "0,1", lines
 
 
 def test_slurm_sh_is_idempotent(slurm_cluster):

@@ -17,6 +17,8 @@ GPU translations against the CPU translation of the same teacher). Tolerances, f
   * test BLEU of each model (fairseq beam, and CTranslate2 float16 vs float32) within --bleu-tolerance
     (0.5) of the CPU run's;
   * the GPU decodings of the same teacher agree with the CPU's: BLEU against it >= --min-agreement (90).
+--on-cpu checks the script's own mechanics on a machine without a GPU: the "gpu" run then also runs on
+the CPU (float32, no fp16); its figures say nothing about GPUs.
 Exit status: 0 all within tolerance, 1 some outside (listed), 2 a run failed or timed out, 3 skipped (no CUDA).
 Meant to take under 8 minutes on one GPU beside 8 CPU cores (--timeout stops the runs; unmeasured:
 no GPU has run it yet).
@@ -138,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-agreement", type=float, default=90.0)
     parser.add_argument("--json", type=Path, help="write the figures here (default WORKDIR/gpu_check.json)")
     parser.add_argument("--timeout", type=float, default=420, help="seconds for both pipeline runs (default 420)")
+    parser.add_argument("--on-cpu", action="store_true", help="mechanics check without a GPU (no GPU figures)")
     args = parser.parse_args(argv)
-    device = cuda_device()
+    device = "CPU (--on-cpu: mechanics check, no GPU figures)" if args.on_cpu else cuda_device()
+    on_gpu = not args.on_cpu
     if device is None:
         print("gpu_check: SKIPPED: no CUDA device visible (torch.cuda.is_available() is False); "
               "the GPU path is unmeasured", file=sys.stderr)
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu_dir, cpu_dir = work / "gpu", work / "cpu"
     print(f"gpu_check: {device}; runs in {gpu_dir} and {cpu_dir}", flush=True)
     start = time.perf_counter()
-    runs = {"gpu": start_run(gpu_dir, run_config(args.mirror.resolve(), True, 4), 4, True),
+    runs = {"gpu": start_run(gpu_dir, run_config(args.mirror.resolve(), on_gpu, 4), 4, on_gpu),
             "cpu": start_run(cpu_dir, run_config(args.mirror.resolve(), False, 2), args.cpu_cores, False)}
     failed = []
     for name, proc in runs.items():
@@ -171,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     figures: dict[str, Any] = {"device": device, "pipeline_seconds": round(pipeline_s, 1)}
-    for name, wd, ct2_type in (("gpu", gpu_dir, "float16"), ("cpu", cpu_dir, "float32")):
+    half = "float16" if on_gpu else "float32"
+    for name, wd, ct2_type in (("gpu", gpu_dir, half), ("cpu", cpu_dir, "float32")):
         entry: dict[str, Any] = {"bleu": {}, "sent_per_s": {}, "train_seconds": {}, "agreement": {}}
         for model in (TEACHER, STUDENT):
             for backend, suffix in (("fairseq", ""), (f"ct2-{ct2_type}", f".ct2-{ct2_type}")):
@@ -191,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     lines = sum(1 for _ in source.open(encoding="utf-8"))
     seconds = {
         "fairseq fp32 cpu": timed_translate(teacher, source, out / "cpu.txt", ["--cpu"], cpu_env),
-        "fairseq fp16 gpu": timed_translate(teacher, source, out / "fairseq_fp16.txt", ["--fp16"], gpu_env),
+        "fairseq fp16 gpu": timed_translate(teacher, source, out / "fairseq_fp16.txt",
+                                            ["--fp16"] if on_gpu else ["--cpu"], gpu_env),
         "ct2 float16 gpu": timed_translate(teacher_ct2, source, out / "ct2_float16.txt",
-                                           ["--compute-type", "float16"], gpu_env),
+                                           ["--compute-type", half], gpu_env),
     }
     figures["distill_decode"] = {k: {"seconds": round(s, 2), "sent_per_s": round(lines / s, 1)} for k, s in seconds.items()}
     figures["gpu"]["agreement"] = {

@@ -76,6 +76,9 @@ def topology(train_res: Mapping[str, int], key: str = "resources.train") -> Topo
             f"{key}.gpus: {gpus} with tasks {tasks}: each task drives one GPU (tasks per node = GPUs per node); "
             f"set gpus to 1 (or {tasks}) for GPU tasks, 0 for CPU tasks"
         )
+    if nodes > 1 and tasks == 1 and gpus == 0:
+        # with one task per node fairseq makes the world size nodes x the node's CUDA devices (0 here)
+        raise ConfigError(f"{key}.tasks: CPU tasks (gpus 0) on {nodes} nodes need tasks >= 2 per node")
     return Topology(nodes, tasks, (1 if gpus else 0) if nodes * tasks > 1 else gpus, gpus, threads)
 
 

@@ -125,6 +125,7 @@ def test_rule_resources_ask_the_executor_when_jobs_are_built():
     ({"tasks": 0}, "resources.train.tasks"),
     ({"nodes": 0}, "resources.train.nodes"),
     ({"tasks": 4, "gpus": 2}, "resources.train.gpus"),
+    ({"nodes": 2, "tasks": 1, "gpus": 0}, "resources.train.tasks"),
 ])
 def test_impossible_topologies_name_the_key(train_res, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

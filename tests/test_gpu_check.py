@@ -31,6 +31,9 @@ def test_run_configs_pass_the_schema(tmp_path):
         assert cfg["resources"]["train"]["gpus"] == (1 if gpu else 0)
         assert cfg["ct2"]["evaluate_compute_types"] == (["float16"] if gpu else ["float32"])
         assert cfg["students"]["variants"] == ["seq_word_kd"]
+    longer = deep_merge(base, gpu_check.run_config(tmp_path, True, 2, max_update=400))
+    validate(longer, str(REPO / "config" / "schema.yaml"))
+    assert (longer["train"]["max_update"], longer["train"]["save_interval_updates"]) == (400, 200)
 
 
 def test_compare_flags_what_is_outside_the_tolerances():
@@ -42,3 +45,4 @@ def test_compare_flags_what_is_outside_the_tolerances():
     assert len(problems) == 2
     assert problems[0].startswith("teacher fairseq: test BLEU 10.60 on GPU vs 10.00 on CPU")
     assert problems[1].startswith("teacher ct2 float16: BLEU against the CPU translation 80.0")
+    assert gpu_check.compare(far, cpu, 0.5, None) == problems[:1]  # agreement reported, not checked

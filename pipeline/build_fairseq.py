@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 VERSION = "0.12.2"
-LOCAL_VERSION = f"{VERSION}+py311.2"
+LOCAL_VERSION = f"{VERSION}+py311.3"
 SDIST_URL = (
     "https://files.pythonhosted.org/packages/30/36/"
     "db42846570f479ac859be3b48d8b47f2ae9b0b9c77487a512f2f2ecbcb6b/fairseq-0.12.2.tar.gz"
@@ -198,6 +198,59 @@ PATCHES: list[tuple[str, str, str]] = [
         "                f.seek(start)\n"
         "                f.truncate()\n"
         "            return torch.save(obj, f)\n",
+    ),
+    # 10. Distributed training on CPU (gloo, e.g. 2 CPU tasks under srun): DDP accepts device_ids only
+    #    for GPU modules ("device_ids and output_device arguments only work with single-device/multiple-
+    #    device GPU modules or CPU modules, but got device_ids [0]"); a CPU module needs None.
+    (
+        "fairseq/models/distributed_fairseq_model.py",
+        "            device_ids=[args.device_id],\n            output_device=args.device_id,\n",
+        "            device_ids=None if torch.device(device).type == \"cpu\" else [args.device_id],\n"
+        "            output_device=None if torch.device(device).type == \"cpu\" else args.device_id,\n",
+    ),
+    # 11. Distributed training (CPU or GPU): the encoder layers' inference fast-path weight copies
+    #     (in_proj_weight ... fc2_bias, unused since fix 5) are parameters that never get a gradient,
+    #     and DDP stops on them ("Expected to have finished reduction in the prior iteration ...
+    #     parameters that were not used in producing loss"). DDP is told to ignore them, by name; they
+    #     stay in the state dict and the optimizer (no gradient: never updated), so checkpoints and
+    #     resumed optimizer states are unchanged, and no --find-unused-parameters graph walk is needed.
+    (
+        "fairseq/models/distributed_fairseq_model.py",
+        "logger = logging.getLogger(__name__)\n",
+        "logger = logging.getLogger(__name__)\n"
+        "\n"
+        "_FASTPATH_COPIES = (\n"
+        "    \"in_proj_weight\", \"in_proj_bias\", \"out_proj_weight\", \"out_proj_bias\",\n"
+        "    \"fc1_weight\", \"fc1_bias\", \"fc2_weight\", \"fc2_bias\",\n"
+        ")\n"
+        "\n"
+        "\n"
+        "def _ignore_fastpath_copies(model):\n"
+        "    from fairseq.modules.transformer_layer import TransformerEncoderLayerBase\n"
+        "\n"
+        "    names = [\n"
+        "        f\"{prefix}.{name}\"\n"
+        "        for prefix, module in model.named_modules()\n"
+        "        if isinstance(module, TransformerEncoderLayerBase)\n"
+        "        for name in _FASTPATH_COPIES\n"
+        "        if name in module._parameters\n"
+        "    ]\n"
+        "    if names:\n"
+        "        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)\n",
+    ),
+    (
+        "fairseq/models/distributed_fairseq_model.py",
+        '    elif args.ddp_backend in {"c10d", "pytorch_ddp"}:\n        wrapped_model = DistributedDataParallel(\n',
+        '    elif args.ddp_backend in {"c10d", "pytorch_ddp"}:\n        _ignore_fastpath_copies(model)\n'
+        "        wrapped_model = DistributedDataParallel(\n",
+    ),
+    # 12. Distributed resume: rank 0 loads checkpoint_last.pt and broadcasts it to the other ranks,
+    #     which unpickle it with torch.load: under torch >= 2.6 (weights_only=True) rank 1 fails on the
+    #     checkpoint's omegaconf DictConfig ("Weights only load failed ... Unsupported global"), as fix 4.
+    (
+        "fairseq/distributed/utils.py",
+        '        obj = torch.load(buffer, map_location="cpu")\n',
+        '        obj = torch.load(buffer, map_location="cpu", weights_only=False)\n',
     ),
     ("fairseq/version.txt", VERSION, LOCAL_VERSION),
 ]

@@ -12,7 +12,9 @@ moved to <save-dir>.previous and training starts from scratch. Options that only
 train or how often to log, validate or save (CONTINUATION_OPTIONS) continue the run: fairseq's
 learning-rate schedule and data order depend on the update count alone. The device is chosen here:
 all visible GPUs (distributed training when there are several), else the CPU, with no change to the
-options (a run may resume on another device).
+options (a run may resume on another device). With --nodes/--tasks-per-node inside a Slurm job
+(resources.train nodes, tasks: pipeline/launch.py) this process still runs once, and starts
+fairseq-train under srun, once per task.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 
 import torch
 
-from pipeline import checkpoints
+from pipeline import checkpoints, launch
 from pipeline.cli import run
 from pipeline.errors import DataError, ModelError
 from pipeline.fetch import sha256
@@ -47,6 +49,7 @@ CONTINUATION_OPTIONS = {
     "--max-epoch", "--max-update", "--patience", "--log-interval", "--validate-interval-updates",
     "--save-interval-updates", "--keep-last-epochs", "--keep-interval-updates", "--no-epoch-checkpoints",
     "--num-workers", "--cpu", "--fp16", "--distributed-world-size", "--save-dir", "--user-dir",
+    "--distributed-backend", "--distributed-port",
 }
 HASH_LIMIT = 256 * 2**20  # bigger files are identified by size and modification time, not content
 # glibc settings for CPU training: keep freed large blocks on the heap for the next step instead of
@@ -75,7 +78,7 @@ def best_metric_args(metric: str) -> list[str]:
     ]
 
 
-def fairseq_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
+def fairseq_command(args: argparse.Namespace, extra: list[str], devices: list[str] | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "fairseq_cli.train", str(args.data), "--task", "translation"]
     cmd += preset_args(args.preset)
     cmd += ["--save-dir", str(args.save_dir), "--log-format", "json", "--user-dir", str(PLUGINS)]
@@ -84,7 +87,7 @@ def fairseq_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
         cmd += ["--keep-last-epochs", str(args.average_last), "--keep-interval-updates", str(args.average_last)]
     else:
         cmd += ["--no-epoch-checkpoints", "--keep-interval-updates", "1"]
-    cmd += device_args(args.fp16)
+    cmd += device_args(args.fp16) if devices is None else devices
     return cmd + extra
 
 
@@ -205,16 +208,20 @@ def recover_last(last: Path, damage: checkpoints.DamagedCheckpointError) -> dict
     return state
 
 
-def train_env(cmd: list[str]) -> dict[str, str]:
+def train_env(cmd: list[str], base: dict[str, str] | None = None) -> dict[str, str]:
     """fairseq-train's environment: ALLOCATOR_ENV added when it trains on the CPU (unless already set)."""
-    return {**ALLOCATOR_ENV, **os.environ} if "--cpu" in cmd else dict(os.environ)
+    base = dict(os.environ) if base is None else base
+    return {**ALLOCATOR_ENV, **base} if "--cpu" in cmd else dict(base)
 
 
-def train(cmd: list[str], metrics: Path) -> None:
-    """Run fairseq-train, echoing its log and appending its progress records to the metrics file."""
+def train(cmd: list[str], metrics: Path, plan: launch.Launch | None = None) -> None:
+    """Run fairseq-train (under srun: once per task), echoing its log and appending its progress records
+    to the metrics file (rank 0 logs them)."""
     metrics.parent.mkdir(parents=True, exist_ok=True)
+    if plan is not None:
+        cmd = plan.prefix + cmd
     log.info("%s", " ".join(cmd))
-    env = train_env(cmd)
+    env = train_env(cmd, None if plan is None else plan.env)
     log.info("allocator: %s", ", ".join(f"{k}={env[k]}" for k in ALLOCATOR_ENV if k in env) or "glibc defaults")
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                           env=env) as proc, \
@@ -255,14 +262,25 @@ def main() -> None:
     parser.add_argument("--best-metric", choices=["loss", "bleu"], default="loss")
     parser.add_argument("--average-last", type=int, default=0, help="average the last N checkpoints (0: best)")
     parser.add_argument("--fp16", action="store_true", help="mixed precision when training on GPU")
+    # several tasks (pipeline/launch.py): inside a Slurm job fairseq runs under srun, once per task
+    parser.add_argument("--nodes", type=int, default=1, help="Slurm nodes (multi-task training)")
+    parser.add_argument("--tasks-per-node", type=int, default=1, help="fairseq processes per node")
+    parser.add_argument("--gpus-per-task", type=int, default=1, help="0: CPU tasks (gloo), 1: one GPU each")
+    parser.add_argument("--threads-per-task", type=int, default=1, help="CPU cores per task")
     parser.add_argument("fairseq_args", nargs=argparse.REMAINDER, help="after --: options for fairseq-train")
     args = parser.parse_args()
     extra = args.fairseq_args[1:] if args.fairseq_args[:1] == ["--"] else args.fairseq_args
     if not any(args.data.glob("dict.*.txt")):
         raise DataError(f"{args.data}: no binarised data (dict.*.txt missing)")
-    cmd = fairseq_command(args, extra)
+    topo = launch.Topology(args.nodes, args.tasks_per_node, args.gpus_per_task, args.gpus_per_task, args.threads_per_task)
+    plan = launch.launch_plan(topo, fp16=args.fp16)
+    if plan is not None:
+        log.info("multi-task training: %s, under srun", launch.describe(topo))
+    elif topo.multi_task:
+        log.warning("%s requested outside a Slurm job: training as one task on this machine", launch.describe(topo))
+    cmd = fairseq_command(args, extra, None if plan is None else plan.fairseq_args)
     prepare_save_dir(args.save_dir, run_identity(cmd, args.data), args.metrics)
-    train(cmd, args.metrics)
+    train(cmd, args.metrics, plan)
     finalize(args.save_dir, args.output, args.average_last)
 
 

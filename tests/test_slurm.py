@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,8 @@ class Target:
     smoke_config: bool = True  # --configfile: config/smoke.yaml with the local mirror (conftest.write_config)
     gpus: dict[str, int | None] = field(default_factory=dict)  # rule -> GPUs per job (None: some, any number)
     fail_once: str | None = None  # rule made to fail on its first attempt
+    overrides: dict = field(default_factory=dict)  # merged into the smoke config (conftest.write_config)
+    local_first: tuple[str, ...] = ()  # built by a local snakemake run (1 core) before the Slurm run
 
     def __str__(self) -> str:
         return self.name
@@ -60,10 +63,25 @@ TARGETS = [
     Target("pipeline", ("all",), frozenset(PIPELINE_RULES),
            gpus={"train_model": 1, "distill_decode_shard": 1, "evaluate_model": 1, "evaluate_model_ct2": 1}),
     Target(
-        "probes", ("all",), frozenset({"gpu_probe", "flaky"}), snakefile=PROBES, smoke_config=False,
-        gpus={"gpu_probe": None}, fail_once="flaky",
+        "probes", ("all",), frozenset({"gpu_probe", "flaky", "gpu_tasks_probe"}), snakefile=PROBES, smoke_config=False,
+        gpus={"gpu_probe": None, "gpu_tasks_probe": 2}, fail_once="flaky",
     ),
 ]
+# Multi-task training (pipeline/launch.py): the teacher and a word-KD student, each trained by 2 CPU
+# tasks (gloo) of one Slurm job under srun; a few updates only (checkpoints at 3 and 6 for averaging).
+# The data stage runs locally first (the pipeline target covers it on Slurm): 20 s instead of minutes.
+WORD_KD_STUDENT = "student_word_kd_a0.5_t1"
+MULTITASK = Target(
+    "multitask", ("work/models/teacher/model.pt", f"work/models/{WORD_KD_STUDENT}/model.pt"),
+    frozenset({"train_model"}), local_first=("data",),
+    overrides={
+        "resources": {"train": {"threads": 1, "gpus": 0, "tasks": 2, "mem_mb": 2000, "runtime": 30}},
+        "train": {"max_update": 6, "validate_interval_updates": 3, "save_interval_updates": 3, "log_interval": 2},
+        "students": {"variants": ["word_kd"]},
+    },
+)
+TARGETS.append(MULTITASK)
+PER_NODE_GPU_RULES = {"gpu_tasks_probe"}
 
 
 # --- the cluster ------------------------------------------------------------------------------------
@@ -123,10 +141,15 @@ class Launched:
         self.cmd = [sys.executable, "-m", "snakemake", *target.targets, "--workflow-profile", str(PROFILE),
                     "-s", str(target.snakefile), "--directory", str(workdir), *FAST_POLL]
         if target.smoke_config:  # last: --configfile takes every word after it
-            self.cmd += ["--configfile", str(write_config(workdir))]
+            self.cmd += ["--configfile", str(write_config(workdir, target.overrides))]
         self.out_path = workdir / "snakemake.out"
+        command = self.cmd
+        if target.local_first:  # same config, local executor; then the Slurm run finds them done
+            local = [sys.executable, "-m", "snakemake", *target.local_first, "-s", str(target.snakefile),
+                     "--directory", str(workdir), "--cores", "1", *self.cmd[self.cmd.index("--configfile"):]]
+            command = ["bash", "-c", f"{shlex.join(local)} && exec {shlex.join(self.cmd)}"]
         with open(self.out_path, "w") as out:
-            self.proc = subprocess.Popen(self.cmd, cwd=workdir, env=env, text=True, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(command, cwd=workdir, env=env, text=True, stdout=out, stderr=subprocess.STDOUT)
         self._result: SlurmRun | None = None
 
     def result(self) -> SlurmRun:
@@ -285,7 +308,9 @@ def test_gpu_requests(slurm_run):
                     assert int(requested["gres/gpu"]) == want, (rule, jobid, requested)
                 ctl = scontrol_job(jobid)
                 if ctl:
-                    assert "gres:gpu" in ctl.get("TresPerJob", ""), ctl
+                    # a multi-task job asks per node (--gpus-per-node), the others for the job (--gpus)
+                    per = "TresPerNode" if rule in PER_NODE_GPU_RULES else "TresPerJob"
+                    assert "gres:gpu" in ctl.get(per, ""), ctl
             else:
                 assert "gres/gpu" not in requested, f"{rule} job {jobid} requested GPUs: {requested}"
 
@@ -321,6 +346,77 @@ def test_gpu_devices_inside_job(slurm_run):
         assert cmd["CUDA_VISIBLE_DEVICES"] == devices, (devices, cmd["CUDA_VISIBLE_DEVICES"])
         seen[n] = devices
     assert seen[2] == "0,1"
+
+
+RANK_LINE = re.compile(r"^(\d+): .*\| distributed init \(rank (\d+)\): tcp://", re.M)
+
+
+def job_steps(jobid: str) -> dict[str, str]:
+    """sacct's steps of a job: step id -> NTasks (the srun step of a 2-task run has 2)."""
+    out = subprocess.run(["sacct", "-P", "-n", "-j", jobid, "-o", "JobID,NTasks"], text=True,
+                         capture_output=True, check=True).stdout
+    return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+
+
+@pytest.mark.parametrize("slurm_run", [MULTITASK], ids=str, indirect=True)
+def test_multitask_training(slurm_run):
+    """resources.train tasks 2: each training job is one Slurm job of 2 tasks; pipeline.train runs once and
+    starts fairseq under srun, once per task; fairseq's Slurm initialisation makes ranks 0 and 1 of a world
+    of 2 (gloo on CPU); the word-KD student's criterion holds its teacher in each rank; both models decode."""
+    run = slurm_run
+    assert run.proc.returncode == 0, describe(run)
+    assert len(run.jobs.get("train_model", [])) == 2, describe(run)
+    for jobid in run.jobs["train_model"]:
+        requested = tres(run.records[jobid]["ReqTRES"])
+        assert (requested.get("node"), requested.get("cpu")) == ("1", "2"), requested  # 2 tasks x 1 CPU
+        assert "gres/gpu" not in requested, requested
+        steps = job_steps(jobid)
+        assert steps.get(f"{jobid}.0") == "2", f"job {jobid}: no 2-task srun step: {steps}"
+    for model in ("teacher", WORD_KD_STUDENT):
+        log = (run.workdir / "logs" / "train" / f"{model}.log").read_text(errors="replace")
+        ranks = {(int(label), int(rank)) for label, rank in RANK_LINE.findall(log)}
+        assert ranks == {(0, 0), (1, 1)}, f"{model}: ranks {ranks}\n{log[-4000:]}"
+        assert "world size 2, under srun" in log and "srun --nodes=1 --ntasks=2 --ntasks-per-node=2" in log, log[-4000:]
+        assert "training on 2 devices" in log and "'distributed_world_size': 2" in log, log[-4000:]
+        assert re.search(r"^0: .*done training in", log, re.M), log[-4000:]
+        assert f"wrote work/models/{model}/model.pt (update 6)" in log, log[-4000:]
+        assert "Traceback" not in log, log[-4000:]
+        if model == WORD_KD_STUDENT:
+            assert "word_kd: 1 teacher(s) ['work/models/teacher/model.pt']" in log, log[-4000:]
+            assert "outside the criterion" in log
+        # the result loads and decodes (on this machine, outside Slurm)
+        source = "\n".join(["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.", "Eine Frau liest ein Buch."])
+        out = subprocess.run(
+            [sys.executable, "-m", "pipeline.translate", "--model", str(run.workdir / "work" / "models" / model / "model.pt"),
+             "--beam", "2", "--cpu"],
+            input=source + "\n", text=True, capture_output=True, cwd=run.workdir, env=run_env(), timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        lines = out.stdout.splitlines()
+        assert len(lines) == 3 and all(line.strip() for line in lines), out.stdout
+
+
+@pytest.mark.parametrize("slurm_run", [t for t in TARGETS if t.name == "probes"], ids=str, indirect=True)
+def test_gpu_tasks_under_srun(slurm_run):
+    """The GPU side of multi-task training, with fake GPUs: one job of 2 tasks and 2 GPUs on its node; the
+    rule ran once and started srun (pipeline.launch); each task has its rank and local id, 2 tasks per
+    node, and sees both of the node's GPUs (fairseq then takes cuda:SLURM_LOCALID)."""
+    run = slurm_run
+    assert run.proc.returncode == 0, describe(run)
+    (jobid,) = run.jobs["gpu_tasks_probe"]
+    requested = tres(run.records[jobid]["ReqTRES"])
+    assert (requested.get("gres/gpu"), requested.get("node")) == ("2", "1"), requested
+    assert job_steps(jobid).get(f"{jobid}.0") == "2"
+    lines = (run.workdir / "gpu_tasks.env").read_text().splitlines()
+    tasks = {}
+    for line in lines:
+        label, fields = line.split(": ", 1)
+        tasks[int(label)] = dict(item.split("=", 1) for item in fields.split())
+    assert sorted(tasks) == [0, 1], lines
+    for label, env in tasks.items():
+        assert env["PROCID"] == env["LOCALID"] == str(label), lines
+        assert env["NTASKS_PER_NODE"] == "2" and env["NODELIST"], lines
+        assert env["CUDA"] == "0,1", lines
 
 
 def test_slurm_sh_is_idempotent(slurm_cluster):

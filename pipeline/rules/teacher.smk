@@ -6,7 +6,10 @@
 
 import json
 
+from pipeline.launch import rule_resources, topology, train_args
 from pipeline.models import fairseq_train_args
+
+TRAIN_TOPOLOGY = topology(res("train"))  # nodes x tasks > 1: fairseq under srun, one process per task
 
 
 def train_inputs(wildcards):
@@ -29,6 +32,7 @@ def train_command(wildcards):
         f"--preset {spec.preset}",
         f"--best-metric {t['best_metric']} --average-last {t['average_last']}",
         "--fp16" if t["fp16"] else "",
+        *train_args(TRAIN_TOPOLOGY),  # nothing for one task
     ]
     fairseq = fairseq_train_args(spec, TEACHER_MODEL, STUDENTS_CFG["kd_topk"])
     return " ".join(wrapper) + " -- " + " ".join(shlex.quote(a) for a in fairseq)
@@ -53,7 +57,7 @@ rule train_model:
         "benchmarks/train/{model}.tsv"
     threads: res("train")["threads"]
     resources:
-        gpu=res("train")["gpus"],
+        **rule_resources(TRAIN_TOPOLOGY, lambda: getattr(workflow.executor_plugin, "name", None)),
         mem_mb=res("train")["mem_mb"],
         runtime=res("train")["runtime"],
     retries: 1

@@ -1,8 +1,13 @@
 """A joint SentencePiece model (Python API: the pip package has no spm_* commands).
 
     python -m pipeline.spm train --model-prefix P --vocab-size 8000 --model-type unigram TRAIN_FILES...
-    python -m pipeline.spm encode --model P.model IN OUT
-    python -m pipeline.spm decode --model P.model IN OUT
+    python -m pipeline.spm encode --model P.model IN OUT [--workers N]
+    python -m pipeline.spm decode --model P.model IN OUT [--workers N]
+
+Encoding and decoding stream the file in chunks; with --workers N > 1, N processes each load the
+model once and the chunks are written in input order (the output is the same for any N). Training
+reads a bounded sample: SentencePiece keeps at most input_sentence_size (2,000,000) sentences,
+drawn at random from the stream, so its memory does not grow with the corpus.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import sentencepiece as spm
 
 from pipeline.cli import run
 from pipeline.corpus import CorpusError, iter_lines, write_lines
+from pipeline.streaming import ordered_map
 
 
 def train(inputs: list[Path], prefix: Path, vocab_size: int, model_type: str, character_coverage: float, threads: int) -> None:
@@ -48,6 +54,17 @@ def encode_line(sp: spm.SentencePieceProcessor, line: str) -> str:
 
 def decode_line(sp: spm.SentencePieceProcessor, line: str) -> str:
     return sp.decode(line.split())
+
+
+def line_encoder(model: Path):
+    """line -> pieces joined by spaces, for ordered_map (each worker loads the model once)."""
+    sp = load(model)
+    return lambda line: encode_line(sp, line)
+
+
+def line_decoder(model: Path):
+    sp = load(model)
+    return lambda line: decode_line(sp, line)
 
 
 class TextCodec:
@@ -94,15 +111,16 @@ def main() -> None:
     for name in ("encode", "decode"):
         p = sub.add_parser(name)
         p.add_argument("--model", type=Path, required=True)
+        p.add_argument("--workers", type=int, default=1, help="processes working on chunks of lines")
         p.add_argument("input", type=Path)
         p.add_argument("output", type=Path)
     args = parser.parse_args()
     if args.command == "train":
         train(args.inputs, args.model_prefix, args.vocab_size, args.model_type, args.character_coverage, args.threads)
         return
-    sp = load(args.model)
-    fn = encode_line if args.command == "encode" else decode_line
-    write_lines(args.output, (fn(sp, line) for line in iter_lines(args.input)))
+    load(args.model)  # a missing or broken model fails here, before any worker starts
+    factory = line_encoder if args.command == "encode" else line_decoder
+    write_lines(args.output, ordered_map(factory, (args.model,), iter_lines(args.input), args.workers))
 
 
 if __name__ == "__main__":

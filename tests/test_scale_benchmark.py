@@ -19,5 +19,5 @@ def test_quick_scale_benchmark_prints_its_table():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| stage | pairs | wall (s) | s per 1M pairs | CPU (s) | peak RSS (MiB) |" in proc.stdout
     for stage in STAGES:
-        assert f"| {stage} | 3,000 |" in proc.stdout, stage
-    assert "merge / post-processing at 3,000 pairs:" in proc.stdout
+        assert f"| {stage} | 2,000 |" in proc.stdout, stage
+    assert "merge / post-processing at 2,000 pairs:" in proc.stdout

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 SIZES = (100_000, 1_000_000, 4_000_000)
-QUICK_SIZE = 3000
+QUICK_SIZE = 2000
 SRC, TGT = "de", "en"
 STANDIN = "teacher stand-in (not a pipeline stage)"
 
@@ -275,7 +275,7 @@ def main() -> None:
         generate(int(args.generate[0]), Path(args.generate[1]), args.seed)
         return
     if args.quick:
-        args.sizes, args.shard_size, args.nbest, args.vocab_size = [QUICK_SIZE], 1000, 3, 1000
+        args.sizes, args.shard_size, args.nbest, args.vocab_size = [QUICK_SIZE], 700, 3, 1000
     root = args.workdir or Path(tempfile.mkdtemp(prefix="scale-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     log = root / "stages.log"

@@ -1,6 +1,6 @@
 """Merge the post-processed shards into the distilled corpus: concatenation in id order, exact statistics.
 
-    python -m pipeline.distill.merge --index work/distill/index.json --num-shards 8 \
+    python -m pipeline.distill.merge --index work/distill/index.json [--num-shards 8] \
         --parts work/distill/post/shard000-of-008 ... work/distill/post/shard007-of-008 \
         --out-src work/distill/train.de --out-tgt work/distill/train.en --out-ids work/distill/train.ids \
         --text-src results/distill/train.de.txt --text-tgt results/distill/train.en.txt \
@@ -148,7 +148,7 @@ def merge(parts: list[Path], index: ShardIndex, outputs: list[Path], stats_path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, required=True)
-    parser.add_argument("--num-shards", type=int, required=True)
+    parser.add_argument("--num-shards", type=int, default=None, help="checked against the index (default: the index's count)")
     parser.add_argument("--parts", type=Path, nargs="+", required=True, help="the post-processed shards' directories")
     for name in ("out-src", "out-tgt", "out-ids", "text-src", "text-tgt", "stats"):
         parser.add_argument(f"--{name}", type=Path, required=True)
@@ -157,9 +157,10 @@ def main() -> None:
     parser.add_argument("--fail-fallback-share", type=float, default=FAIL_SHARE, help="fail above this share")
     args = parser.parse_args()
     index = ShardIndex.load(args.index)
-    index.check_count(args.num_shards)
-    if len(args.parts) != args.num_shards:
-        raise DataError(f"{len(args.parts)} parts given for --num-shards {args.num_shards}")
+    if args.num_shards is not None:
+        index.check_count(args.num_shards)
+    if len(args.parts) != index.shards:
+        raise DataError(f"{len(args.parts)} parts given, but {args.index} has {index.shards} shards")
     # outputs in PART_FILES order: src.spm, tgt.spm, ids, src.txt, tgt.txt
     outputs = [args.out_src, args.out_tgt, args.out_ids, args.text_src, args.text_tgt]
     stats = merge(args.parts, index, outputs, args.stats, args.max_fallback_share, args.fail_fallback_share)

@@ -15,6 +15,9 @@ raw corpus), so that the shard owning any id is found from each shard's first id
 
     from pipeline.distill.shard_index import shard_input
     ids, lines = shard_input("work/distill/index.json", shard, num_shards)  # the shard's source (spm)
+
+(ShardIndex gives more: .range(shard) -> positions [start, end), .file("src_spm") -> the path, so a
+message can name "FILE: line start + i + 1" as the whole-file reading did.)
 """
 
 from __future__ import annotations
@@ -165,6 +168,10 @@ class ShardIndex:
         if num_shards != self.shards:
             raise DataError(f"{self.path}: the corpus has {self.shards} shards "
                             f"({self.lines} lines, shard size {self.shard_size}), this run has {num_shards}")
+
+    def file(self, role: str) -> Path:
+        """The file of a role (ROLES) as the index names it: for messages that cite its line numbers."""
+        return Path(self.files[role]["path"])
 
     def range(self, shard: int) -> tuple[int, int]:
         if not 0 <= shard < self.shards:

@@ -9,7 +9,7 @@
 Each part is a directory written by pipeline.distill.postprocess. The merge checks that every shard
 of the run is there exactly once, made with the same selection and filters, and that each part
 holds its own shard's ids in training order (a missing, duplicated or foreign id fails naming the
-shard and the id, as reassembly does); then it streams the parts, one line at a time, into the five
+shard and the id, as reassembly does); then it streams the parts, in blocks of bytes, into the five
 outputs (written together and renamed only when complete: a killed merge leaves none of them).
 The statistics are the sum of the shards' (sacreBLEU sufficient statistics included): the same JSON
 as pipeline.distill.assemble's, plus the fallback share (pipeline.distill.fallback).
@@ -33,6 +33,7 @@ from pipeline.errors import DataError
 from pipeline.streaming import AtomicOutputs
 
 log = logging.getLogger("pipeline.distill.merge")
+COPY_BLOCK = 1 << 20
 
 
 def read_part(part: Path) -> dict:
@@ -134,13 +135,15 @@ def merge(parts: list[Path], index: ShardIndex, outputs: list[Path], stats_path:
         for k, (part, meta) in enumerate(planned):
             expected = meta["stats"].pairs_out
             for name, out in zip(PART_FILES, outs, strict=True):
-                n = 0
-                with (part / name).open(encoding="utf-8", newline="\n") as f:
-                    for line in f:
-                        out.write(line)
-                        n += 1
-                if n != expected:
-                    raise DataError(f"{part / name}: {n} lines, but shard {shard_filename(k, index.shards)} has {expected} pairs")
+                n, last = 0, b"\n"
+                with (part / name).open("rb") as f:  # bytes in blocks: one shard's lines are never all held
+                    for block in iter(lambda f=f: f.read(COPY_BLOCK), b""):
+                        out.buffer.write(block)
+                        n += block.count(b"\n")
+                        last = block[-1:]
+                if n != expected or last != b"\n":
+                    raise DataError(f"{part / name}: {n} complete lines, but shard {shard_filename(k, index.shards)}"
+                                    f" has {expected} pairs")
         stats_out.write(json.dumps(stats, indent=2) + "\n")
     return stats
 

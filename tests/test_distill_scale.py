@@ -429,3 +429,19 @@ def test_gzip_mirror_is_not_indexable(tmp_path):
     gz.write_bytes(gzip.compress(files["src_spm"].read_bytes()))
     with pytest.raises(DataError, match=r"src\.gz: a shard index needs a plain \(seekable\) file"):
         build_index({**files, "src_spm": gz}, 2)
+
+
+@pytest.mark.parametrize("metric", ["chrf", "bleu"])
+def test_seq_inter_with_the_reference_extracted_once_scores_as_sacrebleu(metric):
+    from pipeline.distill.selection import reference_scorer, sentence_metric
+
+    rng = random.Random(1)
+    refs = ["A man in a blue shirt is standing on a ladder.", "Zwei Hunde spielen im Schnee.", "x", "",
+            "Two young, White males are outside near many bushes."]
+    slow, fast = sentence_metric(metric), reference_scorer(metric)
+    for ref in refs:
+        words = ref.split()
+        hyps = [ref, "", ref + " .", *(" ".join(rng.sample(words, len(words))[: rng.randint(0, len(words))])
+                                       for _ in range(20))]
+        score = fast(ref)
+        assert [score(h) for h in hyps] == [slow(h, ref) for h in hyps]

@@ -18,7 +18,23 @@ from sacrebleu.metrics import BLEU, CHRF
 from pipeline.distill.filters import FILTERS, FilterConfig
 
 UNK = "<unk>"
-SCORE_CHUNK = 1000  # segments scored per sacreBLEU call
+
+
+class SegmentScorer:
+    """sacreBLEU's per-segment sufficient statistics of BLEU and chrF (their defaults, as corpus_bleu and
+    corpus_chrf use them): the steps of Metric._extract_corpus_statistics, with a reference's n-grams
+    extracted once for the several hypotheses scored against it."""
+
+    def __init__(self) -> None:
+        self.metrics = (BLEU(), CHRF())
+
+    def reference(self, ref: str) -> tuple:
+        return tuple(m._extract_reference_info([m._preprocess_segment(ref)]) for m in self.metrics)
+
+    def segment(self, hyp: str, reference: tuple) -> tuple[list[int], list[int]]:
+        bleu, chrf = (m._compute_segment_statistics(m._preprocess_segment(hyp), info)
+                      for m, info in zip(self.metrics, reference, strict=True))
+        return bleu, chrf
 
 
 class CorpusScore:
@@ -26,35 +42,19 @@ class CorpusScore:
 
     def __init__(self, bleu: list[int] | None = None, chrf: list[int] | None = None, segments: int = 0):
         self.bleu, self.chrf, self.segments = bleu, chrf, segments
-        self._hyps: list[str] = []
-        self._refs: list[str] = []
 
-    def add(self, hyp: str, ref: str) -> None:
-        self._hyps.append(hyp)
-        self._refs.append(ref)
-        if len(self._hyps) >= SCORE_CHUNK:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._hyps:
-            return
-        for name, metric in (("bleu", BLEU()), ("chrf", CHRF())):
-            # sacreBLEU's own per-segment statistics (what corpus_score sums before scoring)
-            segment_stats = metric._extract_corpus_statistics(self._hyps, [self._refs])
-            setattr(self, name, _sum_lists([getattr(self, name), *segment_stats]))
-        self.segments += len(self._hyps)
-        self._hyps, self._refs = [], []
+    def add_segment(self, bleu: list[int], chrf: list[int]) -> None:
+        self.bleu = list(bleu) if self.bleu is None else [a + b for a, b in zip(self.bleu, bleu, strict=True)]
+        self.chrf = list(chrf) if self.chrf is None else [a + b for a, b in zip(self.chrf, chrf, strict=True)]
+        self.segments += 1
 
     def merge(self, other: CorpusScore) -> None:
-        self.flush()
-        other.flush()
         self.bleu = _sum_lists([self.bleu, other.bleu])
         self.chrf = _sum_lists([self.chrf, other.chrf])
         self.segments += other.segments
 
     def scores(self) -> dict:
         """Corpus BLEU and chrF rounded as assemble does; None for an empty corpus."""
-        self.flush()
         if not self.segments:
             return {"bleu": None, "chrf": None}
         return {
@@ -63,7 +63,6 @@ class CorpusScore:
         }
 
     def to_json(self) -> dict:
-        self.flush()
         return {"segments": self.segments, "bleu": self.bleu, "chrf": self.chrf}
 
     @classmethod
@@ -96,13 +95,16 @@ class DistillStats:
     selected: CorpusScore = field(default_factory=CorpusScore)
     # (target pieces, source pieces) and (target pieces, reference pieces) -> pairs; summed as fractions at the end
     _ratio_counts: Counter = field(default_factory=Counter)
+    _scorer: SegmentScorer = field(default_factory=SegmentScorer, repr=False, compare=False)
 
     def add_pair(self, rank: int, selected_text: str, ref_text: str, reason: str | None, kept: bool,
                  src_spm: str, tgt_spm: str | None, ref_spm: str, tgt_text: str | None) -> None:
         """One training pair: the chosen rank, its filter verdict, and (when kept) its target."""
         self.pairs_in += 1
         self.selected_rank[rank] += 1
-        self.selected.add(selected_text, ref_text)
+        reference = self._scorer.reference(ref_text)
+        selected = self._scorer.segment(selected_text, reference)
+        self.selected.add_segment(*selected)
         if reason is not None:
             self.filtered[reason] += 1
         if not kept:
@@ -113,7 +115,7 @@ class DistillStats:
         self.unk += UNK in tgt_pieces
         n_tgt = len(tgt_pieces)
         self._ratio_counts[(n_tgt, max(1, len(src_spm.split())), max(1, len(ref_spm.split())))] += 1
-        self.distilled.add(tgt_text, ref_text)
+        self.distilled.add_segment(*(selected if tgt_text == selected_text else self._scorer.segment(tgt_text, reference)))
 
     def _fold_ratios(self) -> None:
         for (n_tgt, n_src, n_ref), count in self._ratio_counts.items():

@@ -1,8 +1,13 @@
 """A joint SentencePiece model (Python API: the pip package has no spm_* commands).
 
     python -m pipeline.spm train --model-prefix P --vocab-size 8000 --model-type unigram TRAIN_FILES...
-    python -m pipeline.spm encode --model P.model [--max-pieces N] IN OUT
-    python -m pipeline.spm decode --model P.model IN OUT
+    python -m pipeline.spm encode --model P.model [--max-pieces N] [--workers N] IN OUT
+    python -m pipeline.spm decode --model P.model [--workers N] IN OUT
+
+Encoding and decoding stream the file in chunks; with --workers N > 1, N processes each load the
+model once and the chunks are written in input order (the output is the same for any N). Training
+reads a bounded sample: SentencePiece keeps at most input_sentence_size (2,000,000) sentences,
+drawn at random from the stream, so its memory does not grow with the corpus.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import sentencepiece as spm
 from pipeline.cli import run
 from pipeline.corpus import iter_lines, write_lines
 from pipeline.errors import ConfigError, DataError, ModelError
+from pipeline.streaming import ordered_map
 
 # fairseq's transformer default for max_source_positions and max_target_positions, kept by every preset.
 DEFAULT_MAX_POSITIONS = 1024
@@ -72,6 +78,17 @@ def encode_line(sp: spm.SentencePieceProcessor, line: str) -> str:
 
 def decode_line(sp: spm.SentencePieceProcessor, line: str) -> str:
     return sp.decode(line.split())
+
+
+def line_encoder(model: Path):
+    """line -> pieces joined by spaces, for ordered_map (each worker loads the model once)."""
+    sp = load(model)
+    return lambda line: encode_line(sp, line)
+
+
+def line_decoder(model: Path):
+    sp = load(model)
+    return lambda line: decode_line(sp, line)
 
 
 def max_pieces_for(max_positions: int) -> int:
@@ -167,15 +184,16 @@ def main() -> None:
             p.add_argument("--max-pieces", type=int, metavar="N",
                            help="fail naming file and line if a line has more than N pieces "
                                 "(dev and test: the models' maximum positions - 1, for EOS)")
+        p.add_argument("--workers", type=int, default=1, help="processes working on chunks of lines")
         p.add_argument("input", type=Path)
         p.add_argument("output", type=Path)
     args = parser.parse_args()
     if args.command == "train":
         train(args.inputs, args.model_prefix, args.vocab_size, args.model_type, args.character_coverage, args.threads)
         return
-    sp = load(args.model)
-    fn = encode_line if args.command == "encode" else decode_line
-    lines = (fn(sp, line) for line in iter_lines(args.input))
+    load(args.model)  # a missing or broken model fails here, before any worker starts
+    factory = line_encoder if args.command == "encode" else line_decoder
+    lines = ordered_map(factory, (args.model,), iter_lines(args.input), args.workers)
     if getattr(args, "max_pieces", None) is not None:
         if args.max_pieces < 1:
             raise ConfigError(f"--max-pieces {args.max_pieces}: must be >= 1")

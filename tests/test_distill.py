@@ -460,3 +460,38 @@ def test_killed_run_resumes_without_redoing_finished_shards(distilled):
     assert sorted(after) == SHARDS
     assert {name: after[name] for name in finished} == finished
     assert read_lines(workdir / "work/distill/train.ids") == read_lines(workdir / "work/data/clean/train.ids")
+
+
+@pytest.mark.slow
+def test_per_shard_path_matches_assemble_on_the_teachers_shards(distilled, tmp_path):
+    """The teacher's real shards through the shard index, post-processing per shard and the merge: the
+    same bytes as the Snakefile's distill_assemble wrote (corpora, ids and statistics)."""
+    workdir, _ = distilled
+    data = workdir / "work/data"
+    n = len(read_lines(data / "clean/train.ids"))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def cli(module, *args):
+        proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    index = tmp_path / "index.json"
+    cli("pipeline.distill.shard_index", "--shard-size", -(-n // 3), "--ids", data / "clean/train.ids",
+        "--src-spm", data / "spm/train.de", "--ref-spm", data / "spm/train.en", "--src-text", data / "clean/train.de",
+        "--ref-text", data / "clean/train.en", "--out", index)
+    filters = TEST_CONFIG["distill"]["filters"]
+    options = ["--selection", "seq_inter", "--metric", "chrf", "--min-length-ratio", filters["min_length_ratio"],
+               "--max-length-ratio", filters["max_length_ratio"], "--max-repeat", filters["max_repeat"]]
+    parts = []
+    for k, name in enumerate(SHARDS):
+        parts.append(tmp_path / "post" / name.removesuffix(".jsonl"))
+        cli("pipeline.distill.postprocess", "--shard", workdir / "work/distill/shards" / name, "--shard-id", k,
+            "--num-shards", 3, "--index", index, "--spm-model", data / "spm/spm.model", "--out-dir", parts[-1], *options)
+    out = tmp_path / "merged"
+    cli("pipeline.distill.merge", "--index", index, "--num-shards", 3, "--parts", *parts,
+        "--out-src", out / "train.de", "--out-tgt", out / "train.en", "--out-ids", out / "train.ids",
+        "--text-src", out / "train.de.txt", "--text-tgt", out / "train.en.txt", "--stats", out / "stats.json")
+    for mine, theirs in (("train.de", "work/distill/train.de"), ("train.en", "work/distill/train.en"),
+                         ("train.ids", "work/distill/train.ids"), ("train.de.txt", "results/distill/train.de.txt"),
+                         ("train.en.txt", "results/distill/train.en.txt"), ("stats.json", "results/distill/stats.json")):
+        assert (out / mine).read_bytes() == (workdir / theirs).read_bytes(), mine

@@ -7,6 +7,11 @@
         --text-src results/distill/train.de.txt --text-tgt results/distill/train.en.txt --stats results/distill/stats.json \
         [--selection top1|seq_inter] [--metric chrf|bleu] [--min-length-ratio 0.333] [--max-length-ratio 3]
         [--max-repeat 4] [--max-repeat-ngram 4] [--on-filtered reference|drop]
+        [--max-fallback-share 0.2] [--fail-fallback-share 0.9]
+
+The whole corpus in one process: kept as the reference implementation of the per-shard path
+(pipeline.distill.postprocess in each shard job, then pipeline.distill.merge), which produces the
+same files and statistics in memory bounded by a shard.
 
 Outputs are in training order. With --on-filtered reference (the default) every training pair is
 kept, so the distilled corpus has exactly as many pairs as the cleaned corpus; with drop, the ids
@@ -17,7 +22,9 @@ chosen); filtered (count per filter, first failing filter only), fallback_to_ref
 targets_differ_from_reference; targets_with_unk; length_ratio_mean (target/source and
 target/reference, in pieces); corpus BLEU/chrF (sacrebleu defaults) of the distilled targets
 (distilled_vs_reference, fallbacks included) and of the selected hypotheses before filtering
-(selected_vs_reference: the teacher's own quality on its training data).
+(selected_vs_reference: the teacher's own quality on its training data); fallback_share and
+fallback_check (pipeline.distill.fallback: a warning, or an error before anything is written, when
+the filters rejected too many targets).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import sacrebleu
 from pipeline import spm
 from pipeline.cli import run
 from pipeline.corpus import CorpusError, read_parallel, write_lines
+from pipeline.distill.fallback import FAIL_SHARE, WARN_SHARE, check_fallback
 from pipeline.distill.filters import FILTERS, ON_FILTERED, FilterConfig, rejection
 from pipeline.distill.selection import METRICS, SELECTIONS, selector
 from pipeline.distill.shards import NBest, read_ids, reassemble
@@ -162,6 +170,9 @@ def main() -> None:
     parser.add_argument("--max-repeat", type=int, default=defaults.max_repeat)
     parser.add_argument("--max-repeat-ngram", type=int, default=defaults.max_repeat_ngram)
     parser.add_argument("--on-filtered", choices=ON_FILTERED, default=defaults.on_filtered)
+    parser.add_argument("--max-fallback-share", type=float, default=WARN_SHARE,
+                        help="warn when more pairs than this share fall back to the reference or are dropped")
+    parser.add_argument("--fail-fallback-share", type=float, default=FAIL_SHARE, help="fail above this share")
     args = parser.parse_args()
     if len(args.shards) != args.num_shards:
         raise CorpusError(f"{len(args.shards)} shard files given for --num-shards {args.num_shards}")
@@ -178,6 +189,7 @@ def main() -> None:
     result = distill(records, ids, src_spm, ref_spm, src_text, ref_text, lambda s: spm.decode_line(sp, s),
                      args.selection, args.metric, filters)
     result.stats["shards"] = args.num_shards
+    check_fallback(result.stats, args.max_fallback_share, args.fail_fallback_share)  # an error: nothing written
 
     write_lines(args.out_src, result.src_spm)
     write_lines(args.out_tgt, result.tgt_spm)

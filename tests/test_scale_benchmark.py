@@ -1,0 +1,23 @@
+"""The scale benchmark's quick mode: every stage runs as its own process and the table is printed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+STAGES = ["normalize (de)", "normalize (en)", "clean", "spm train (once, bounded sample)", "spm encode (de)",
+          "spm encode (en)", "shard index", "teacher stand-in (not a pipeline stage)",
+          "post-process (sum of shard jobs)", "merge", "binarize (fairseq-preprocess)"]
+
+
+def test_quick_scale_benchmark_prints_its_table():
+    proc = subprocess.run([sys.executable, "-m", "pipeline.benchmarks.scale", "--quick", "--workers", "2", "--jobs", "2"],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| stage | pairs | wall (s) | s per 1M pairs | CPU (s) | peak RSS (MiB) |" in proc.stdout
+    for stage in STAGES:
+        assert f"| {stage} | 2,000 |" in proc.stdout, stage
+    assert "merge / post-processing at 2,000 pairs:" in proc.stdout

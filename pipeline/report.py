@@ -410,6 +410,7 @@ def plot_bleu_vs_alpha(sets: dict[str, list[dict]], primary: str, secondary: str
     """BLEU of the word-KD students against α on `primary` (dev: where choices are made), mean over seeds
     with their sd as error bars; `secondary` (test), if given, beside it as a dashed, labelled series."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colors: dict[tuple[str, float], str] = {}  # a (variant, T) has one colour on both sets
     for set_name, style in ((primary, "-"), (secondary, "--")):
         if set_name is None or set_name not in sets:
             continue
@@ -421,8 +422,10 @@ def plot_bleu_vs_alpha(sets: dict[str, list[dict]], primary: str, secondary: str
             alphas = sorted(by_alpha)
             means = [statistics.fmean(by_alpha[a]) for a in alphas]
             sds = [statistics.stdev(by_alpha[a]) if len(by_alpha[a]) > 1 else 0.0 for a in alphas]
-            ax.errorbar(alphas, means, yerr=sds if any(sds) else None, marker="o", linestyle=style, capsize=3,
-                        label=f"{variant}, T={t:g} ({set_name})")
+            line = ax.errorbar(alphas, means, yerr=sds if any(sds) else None, marker="o", linestyle=style, capsize=3,
+                               color=colors.get((variant, t)), mfc="none" if set_name != primary else None,
+                               label=f"{variant}, T={t:g} ({set_name})")
+            colors.setdefault((variant, t), line.lines[0].get_color())
         if set_name == primary:
             for variant, line in ((TEACHER, "--"), (BASELINE, ":")):
                 row = next((r for r in sets[set_name] if r["variant"] == variant
@@ -511,6 +514,7 @@ def main() -> None:
     if args.bootstrap_samples < 1 or args.bootstrap_seed < 1:
         parser.error("--bootstrap-samples and --bootstrap-seed must be positive (sacreBLEU takes seed 0 for unseeded)")
     settings = Bootstrap(args.bootstrap_samples, args.bootstrap_seed)
+    logging.getLogger("sacrebleu").setLevel(logging.WARNING)  # not two lines per model and test
 
     rows = [load_row(p) for p in args.evals]
     sets = by_set(rows)

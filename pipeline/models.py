@@ -52,17 +52,30 @@ def merge(base: dict, override: dict | None) -> dict:
     return out
 
 
-def student_name(variant: str, alpha: float | None = None, temperature: float | None = None) -> str:
-    if alpha is None:
-        return f"student_{variant}"
-    return f"student_{variant}_a{alpha:g}_t{temperature:g}"
+def student_name(variant: str, alpha: float | None = None, temperature: float | None = None,
+                 seed: int | None = None) -> str:
+    """student_<variant>[_a<alpha>_t<T>][_s<seed>]: the seed only when the run trains several (seed None)."""
+    name = f"student_{variant}" if alpha is None else f"student_{variant}_a{alpha:g}_t{temperature:g}"
+    return name if seed is None else f"{name}_s{seed}"
+
+
+def student_seeds(students: dict, student_train: dict) -> list[int]:
+    """students.seeds; a config without the key (a partial one, built by hand) trains with students' train.seed."""
+    if "seeds" not in students:
+        return [student_train["seed"]]
+    if "seed" in (students.get("train") or {}):
+        raise ConfigError("config students.train.seed: the students' seeds are students.seeds "
+                          f"(e.g. seeds: [{students['train']['seed']}]); remove students.train.seed")
+    return list(students["seeds"])
 
 
 def model_specs(config: dict) -> dict[str, ModelSpec]:
-    """Every model of the run by name: the teacher, then one student per variant (x alpha x T for word-KD).
+    """Every model of the run by name: the teacher, then one student per variant (x alpha x T for word-KD)
+    and per seed of students.seeds (fairseq --seed; the teacher keeps train.seed).
 
     `config` is the validated workflow config (every key present: config/config.yaml holds the values);
-    teacher.train and students.train are optional overrides of train.
+    teacher.train and students.train are optional overrides of train. Names carry the seed only when
+    there are several (student_baseline_s2); spec.json always records it.
     """
     defaults = config["train"]
     teacher_cfg = config["teacher"]
@@ -72,15 +85,17 @@ def model_specs(config: dict) -> dict[str, ModelSpec]:
     student_train = merge(defaults, students.get("train"))
     if students["variants"]:
         check_train_settings("students.train", student_train)
+    seeds = student_seeds(students, student_train)
     for variant in students["variants"]:
         targets, criterion = VARIANTS[variant]
         if criterion == "word_kd":
             grid = list(product(students["alpha"], students["temperature"]))
         else:
             grid = [(None, None)]
-        for alpha, temperature in grid:
-            name = student_name(variant, alpha, temperature)
-            specs[name] = ModelSpec(name, students["preset"], targets, criterion, variant, alpha, temperature, student_train)
+        for (alpha, temperature), seed in product(grid, seeds):
+            name = student_name(variant, alpha, temperature, seed if len(seeds) > 1 else None)
+            specs[name] = ModelSpec(name, students["preset"], targets, criterion, variant, alpha, temperature,
+                                    {**student_train, "seed": seed})
     return specs
 
 

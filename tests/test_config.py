@@ -99,6 +99,9 @@ CLI_KEYS = [
     ("pipeline.distill.assemble", None, "on_filtered", "distill.filters.on_filtered", "same"),
     ("pipeline.vmap", None, "frequent", "ct2.vmap.frequent", "same"),
     ("pipeline.vmap", None, "per_source", "ct2.vmap.per_source", "same"),
+    ("pipeline.report", None, "report_set", "report.set", "same"),
+    ("pipeline.report", None, "bootstrap_samples", "report.bootstrap.samples", "same"),
+    ("pipeline.report", None, "bootstrap_seed", "report.bootstrap.seed", "same"),
 ]
 
 
@@ -171,6 +174,38 @@ def test_no_student_variants_plans_the_teacher_alone(tmp_path: Path):
     # students on references alone need no distillation either
     counts = jobs(dry_run(tmp_path / "refs", {"students": {"variants": ["baseline", "word_kd"]}}, check=True).stdout)
     assert counts["train_model"] == 3 and not [rule for rule in counts if rule.startswith("distill")], counts
+
+
+def test_seeds_and_alphas_plan_a_student_each_and_the_report_reads_every_set(tmp_path: Path):
+    """students.seeds: [1, 2] x alpha: [0.3, 0.7] on the smoke config: each student once per seed (fairseq --seed,
+    _s<seed> in the name), the teacher once; the report reads dev and test with their hypotheses and references."""
+    proc = dry_run(tmp_path, {"students": {"seeds": [1, 2], "alpha": [0.3, 0.7]}, "evaluate": {"sets": ["dev", "test"]}},
+                   check=True)
+    seeds = dict(re.findall(r"--save-dir work/models/(\S+)/checkpoints .*?--seed (\d+) ", proc.stdout))
+    expected = {"teacher": "1"}
+    for seed in ("1", "2"):
+        expected |= {f"student_baseline_s{seed}": seed, f"student_seq_kd_s{seed}": seed}
+        expected |= {f"student_{v}_a{a}_t1_s{seed}": seed for v in ("word_kd", "seq_word_kd") for a in ("0.3", "0.7")}
+    assert seeds == expected
+    counts = jobs(proc.stdout)
+    assert counts["train_model"] == 13 and counts["evaluate_model"] == 26 and counts["report_summary"] == 1, counts
+    report = next(line for line in proc.stdout.splitlines() if "-m pipeline.report" in line)
+    evals = re.search(r"--evals (.*?) --set", report).group(1).split()
+    assert sorted(evals) == sorted(f"results/eval/{m}/{s}.json" for m in expected for s in ("dev", "test"))
+    assert "--set test --bootstrap-samples 1000 --bootstrap-seed 12345" in report
+    assert "--best-csv results/summary_best.csv" in report
+    inputs = proc.stdout.split("rule report_summary:", 1)[1].split("\n\n", 1)[0]
+    for name in ("student_seq_word_kd_a0.7_t1_s2/dev.beam.txt", "teacher/test.beam.txt", "work/data/raw/dev.en",
+                 "work/data/raw/test.en"):
+        assert name in inputs, name
+    # one seed (the default): today's names
+    names = set(re.findall(r"work/models/([^/\s]+)/model\.pt", dry_run(tmp_path / "one", {}, check=True).stdout))
+    assert names == {"teacher", "student_baseline", "student_seq_kd", "student_word_kd_a0.5_t1", "student_seq_word_kd_a0.5_t1"}
+
+
+def test_student_seed_in_students_train_names_students_seeds(tmp_path: Path):
+    proc = dry_run(tmp_path, {"students": {"train": {"seed": 3}}})
+    assert_config_error(proc, "config students.train.seed: the students' seeds are students.seeds", tmp_path=tmp_path)
 
 
 def shard_commands(output: str) -> list[str]:

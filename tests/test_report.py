@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 SIG = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
@@ -96,3 +99,185 @@ def test_variant_alpha_and_temperature_come_from_the_spec_not_the_name(tmp_path:
     bare = write(tmp_path / "eval/kd_small/test.json", kd)
     proc = report(tmp_path, more=(bare,))
     assert proc.returncode == 2 and f"{bare}: no model spec" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Choices on dev, results on test; paired bootstrap; seeds. Synthetic evaluations whose figures are
+# sacreBLEU's own on hypothesis files written beside them (references with words replaced at a rate).
+
+WORDS = ("a man woman dog child runs walks sits in on the park street water with red blue green ball small big "
+         "old young house car tree near").split()
+
+
+def sentences(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))) for _ in range(count)]
+
+
+def noisy(refs: list[str], rate: float, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(word if rng.random() >= rate else rng.choice(WORDS) for word in line.split()) for line in refs]
+
+
+def scored_evaluation(root: Path, model: str, evalset: str, spec: dict, rate: float, seed: int) -> Path:
+    """results/eval/<model>/<set>.json and .beam.txt as pipeline.evaluate writes them (figures from the file)."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    ref = root / f"raw/{evalset}.en"
+    refs = ref.read_text().splitlines()
+    hyps = noisy(refs, rate, seed)
+    beam = root / f"eval/{model}/{evalset}.beam.txt"
+    beam.parent.mkdir(parents=True, exist_ok=True)
+    beam.write_text("\n".join(hyps) + "\n")
+    metric = BLEU()
+    bleu, chrf = metric.corpus_score(hyps, [refs]), CHRF().corpus_score(hyps, [refs])
+    result = evaluation(model, bleu.score, 100.0 if model == "teacher" else 250.0)
+    result.update(set=evalset, reference=str(ref), spec={"name": model, **spec})
+    result["beam"]["bleu"]["signature"] = str(metric.get_signature())
+    result["beam"]["chrf"]["score"] = chrf.score
+    result["beam"]["hypotheses"] = str(beam)
+    return write(root / f"eval/{model}/{evalset}.json", result)
+
+
+# model: (variant, alpha, seed, replacement rate on dev, on test). On dev the word-KD student with
+# alpha 0.3 and seed 2 is best; on test the one with alpha 0.7 and seed 1 is: a choice made on test
+# would name another model.
+MODELS = {
+    "teacher": ("teacher", None, 1, 0.05, 0.05),
+    "student_baseline_s1": ("baseline", None, 1, 0.32, 0.26),
+    "student_baseline_s2": ("baseline", None, 2, 0.24, 0.36),
+    "student_seq_word_kd_a0.3_t1_s1": ("seq_word_kd", 0.3, 1, 0.22, 0.25),
+    "student_seq_word_kd_a0.3_t1_s2": ("seq_word_kd", 0.3, 2, 0.10, 0.24),
+    "student_seq_word_kd_a0.7_t1_s1": ("seq_word_kd", 0.7, 1, 0.20, 0.08),
+    "student_seq_word_kd_a0.7_t1_s2": ("seq_word_kd", 0.7, 2, 0.24, 0.20),
+}
+
+
+def synthetic_run(root: Path, sets: tuple[str, ...] = ("dev", "test")) -> list[Path]:
+    (root / "raw").mkdir(parents=True, exist_ok=True)
+    for number, evalset in enumerate(("dev", "test")):
+        (root / f"raw/{evalset}.en").write_text("\n".join(sentences(120, number)) + "\n")
+    evals = []
+    for number, (model, (variant, alpha, seed, dev_rate, test_rate)) in enumerate(MODELS.items()):
+        spec = {"variant": variant, "alpha": alpha, "temperature": None if alpha is None else 1.0, "seed": seed}
+        for evalset, rate in (("dev", dev_rate), ("test", test_rate)):
+            if evalset in sets:
+                evals.append(scored_evaluation(root, model, evalset, spec, rate, 100 + number))
+    return evals
+
+
+def run_report(root: Path, evals: list[Path], *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pipeline.report", "--evals", *map(str, evals), "--set", "test",
+           "--csv", str(root / "summary.csv"), "--best-csv", str(root / "summary_best.csv"), "--md", str(root / "summary.md"),
+           "--plots", str(root / "plots"), *extra]
+    return subprocess.run(cmd, text=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+
+
+def sacrebleu_paired_bs(ref: str, baseline: str, system: str) -> dict:
+    """The sacreBLEU command line's paired bootstrap (its defaults: 1000 resamples, seed 12345) on two files."""
+    env = {k: v for k, v in os.environ.items() if k != "SACREBLEU_SEED"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "sacrebleu"), ref, "-i", baseline, system, "--paired-bs",
+                           "--format", "json"], text=True, capture_output=True, env=env, timeout=300, check=True)
+    out = json.loads(proc.stdout)
+    assert out[0]["system"] == f"Baseline: {baseline}" and out[1]["system"] == system
+    return {"baseline": out[0]["BLEU"], "system": out[1]["BLEU"]}
+
+
+def test_choices_on_dev_results_on_test_with_seeds_and_paired_bootstrap(tmp_path: Path):
+    proc = run_report(tmp_path, synthetic_run(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    rows = {(r["set"], r["model"]): r for r in csv.DictReader((tmp_path / "summary.csv").open())}
+    assert len(rows) == 2 * len(MODELS)  # every model on both sets
+    bleu = {key: float(r["bleu"]) for key, r in rows.items()}
+
+    # the best of each variant by dev BLEU, reported with its test BLEU; on test another one leads
+    kd = [m for m in MODELS if "seq_word_kd" in m]
+    assert max(kd, key=lambda m: bleu["dev", m]) == "student_seq_word_kd_a0.3_t1_s2"
+    assert max(kd, key=lambda m: bleu["test", m]) == "student_seq_word_kd_a0.7_t1_s1"
+    best = {r["variant"]: r for r in csv.DictReader((tmp_path / "summary_best.csv").open())}
+    assert set(best) == {"baseline", "seq_word_kd"}
+    chosen = best["seq_word_kd"]
+    assert (chosen["model"], chosen["alpha"], chosen["temperature"], chosen["seed"]) == \
+        ("student_seq_word_kd_a0.3_t1_s2", "0.3", "1.0", "2")
+    assert (chosen["chosen_on"], chosen["set"]) == ("dev", "test")
+    assert float(chosen["chosen_on_bleu"]) == bleu["dev", chosen["model"]]
+    assert float(chosen["bleu"]) == bleu["test", chosen["model"]] < bleu["test", "student_seq_word_kd_a0.7_t1_s1"]
+    assert best["baseline"]["model"] == "student_baseline_s2"  # dev: s2 better; test: s1 better
+    assert bleu["dev", "student_baseline_s2"] > bleu["dev", "student_baseline_s1"]
+    assert bleu["test", "student_baseline_s2"] < bleu["test", "student_baseline_s1"]
+    assert {m for (s, m), r in rows.items() if r["chosen_on"] == "dev"} == {"student_seq_word_kd_a0.3_t1_s2",
+                                                                           "student_baseline_s2"}
+
+    # the comparisons are against the baseline chosen on dev, on every set
+    for (evalset, model), r in rows.items():
+        assert r["baseline_model"] == "student_baseline_s2"
+        assert float(r["delta_bleu_vs_baseline"]) == pytest.approx(bleu[evalset, model] - bleu[evalset, "student_baseline_s2"])
+        assert (r["p_vs_baseline"] == "") == (model == "student_baseline_s2")
+        assert (r["p_vs_teacher"] == "") == (model == "teacher")
+        assert float(r["bleu_ci95"]) > 0 and (r["bootstrap_samples"], r["bootstrap_seed"]) == ("1000", "12345")
+
+    # paired bootstrap figures equal sacreBLEU's command line on the same files
+    root = tmp_path
+    for evalset in ("dev", "test"):
+        ref = str(root / f"raw/{evalset}.en")
+        for comparator, system in (("student_baseline_s2", "student_seq_word_kd_a0.7_t1_s1"),
+                                   ("teacher", "student_seq_word_kd_a0.3_t1_s2"), ("teacher", "student_baseline_s1")):
+            hyps = [str(root / f"eval/{m}/{evalset}.beam.txt") for m in (comparator, system)]
+            cli = sacrebleu_paired_bs(ref, *hyps)
+            ours = rows[evalset, system]
+            key = "p_vs_baseline" if comparator.startswith("student_baseline") else "p_vs_teacher"
+            assert float(ours[key]) == cli["system"]["p_value"]
+            assert float(ours["bleu_bootstrap_mean"]) == cli["system"]["mean"]
+            assert float(ours["bleu_ci95"]) == cli["system"]["ci"]
+            assert float(ours["bleu"]) == pytest.approx(cli["system"]["score"], abs=1e-9)
+            assert float(rows[evalset, comparator]["bleu_ci95"]) == cli["baseline"]["ci"]
+    assert any(float(r["p_vs_baseline"] or 1) < 0.05 for r in rows.values())  # the figures are not all alike
+    assert any(float(r["p_vs_baseline"] or 0) > 0.05 for r in rows.values())
+
+    # mean and sample sd over the two seeds of each (variant, alpha, T)
+    for evalset in ("dev", "test"):
+        for stem in ("student_seq_word_kd_a0.3_t1", "student_seq_word_kd_a0.7_t1", "student_baseline"):
+            values = [bleu[evalset, f"{stem}_s{seed}"] for seed in (1, 2)]
+            for seed in (1, 2):
+                r = rows[evalset, f"{stem}_s{seed}"]
+                assert r["seeds"] == "2"
+                assert float(r["bleu_mean_over_seeds"]) == pytest.approx(statistics.fmean(values))
+                assert float(r["bleu_sd_over_seeds"]) == pytest.approx(statistics.stdev(values))
+        assert rows[evalset, "teacher"]["seeds"] == "1" and rows[evalset, "teacher"]["bleu_sd_over_seeds"] == ""
+
+    md = (tmp_path / "summary.md").read_text()
+    assert "Choices on dev, results on test" in md and "1000 resamples, seed 12345" in md
+    assert "## Best student per variant: chosen on dev, reported on test" in md
+    assert md.index("## test (results)") < md.index("## dev (choices)")  # one table per set, the results' first
+    r = rows["test", "student_seq_word_kd_a0.3_t1_s2"]
+    assert (f"| seq_word_kd | student_seq_word_kd_a0.3_t1_s2 | 0.30 | 1.00 | 2 | {bleu['dev', r['model']]:.2f} | "
+            f"{bleu['test', r['model']]:.2f} |") in md
+    assert f"| {float(r['p_vs_baseline']):.4f} |" in md
+    values = [bleu["test", f"student_seq_word_kd_a0.7_t1_s{seed}"] for seed in (1, 2)]
+    assert f"| seq_word_kd | 0.70 | 1.00 | 2 | {statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f} |" in md
+    for name in ("bleu_vs_alpha", "bleu_vs_speed"):
+        assert (tmp_path / f"plots/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_dev_no_choice_is_made(tmp_path: Path):
+    """Only test evaluated: the summary says that nothing is chosen rather than choosing on test."""
+    proc = run_report(tmp_path, synthetic_run(tmp_path, sets=("test",)))
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "summary.md").read_text()
+    assert "dev is not among the evaluated sets (test): no student is chosen" in md
+    assert "## Best student per variant" not in md
+    assert list(csv.DictReader((tmp_path / "summary_best.csv").open())) == []
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert all(r["chosen_on"] == "" for r in rows) and {r["set"] for r in rows} == {"test"}
+    # the comparisons fall back to the baseline's first seed; p-values are still there
+    assert {r["baseline_model"] for r in rows} == {"student_baseline_s1"}
+    assert all(r["p_vs_teacher"] for r in rows if r["model"] != "teacher")
+
+
+def test_hypotheses_that_do_not_match_their_evaluation_are_refused(tmp_path: Path):
+    evals = synthetic_run(tmp_path)
+    stale = tmp_path / "eval/student_baseline_s1/test.beam.txt"
+    stale.write_text((tmp_path / "eval/teacher/test.beam.txt").read_text())
+    proc = run_report(tmp_path, evals)
+    assert proc.returncode == 2 and f"{stale}: BLEU" in proc.stderr and "not the hypotheses that evaluation scored" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -79,6 +79,7 @@ VMAP = "work/ct2/vmap.txt"  # the vocabulary shortlist (pipeline.vmap) from the 
 CT2_VMAP = VMAP if CT2_CFG["vmap"]["enabled"] else None  # the shortlist every CTranslate2 job uses, if any
 TRAIN_METRICS = "results/train/{model}.jsonl"  # fairseq's progress records of a model's training
 EVAL_JSON = "results/eval/{model}/{evalset}.json"
+EVAL_BEAM = "results/eval/{model}/{evalset}.beam.txt"  # the beam hypotheses the report's paired bootstrap resamples
 EVAL_CT2_JSON = "results/eval/{model}/{evalset}.ct2-{compute_type}.json"
 
 
@@ -104,7 +105,8 @@ DISTILL_SHARD_IDS = [f"{i:0{DISTILL_ID_WIDTH}d}" for i in range(DISTILL_SHARDS)]
 DISTILL_SHARD = f"work/distill/shards/shard{{shard}}-of-{DISTILL_SHARDS:0{DISTILL_ID_WIDTH}d}.jsonl"
 
 # ---------------------------------------------------------------------------------------------------
-# Model roster: the teacher, then one student per variant (x alpha x temperature for word-KD)
+# Model roster: the teacher, then one student per variant (x alpha x temperature for word-KD) and per
+# seed of students.seeds (names end in _s<seed> only when there are several; spec.json records it)
 
 MODELS = model_specs(config)
 STUDENTS = [name for name in MODELS if name != TEACHER]
@@ -143,6 +145,12 @@ EXPORT_MODELS = CT2_CFG["export"]["models"] if CT2_CFG["export"]["models"] is no
 def eval_outputs(models, sets=None):
     """The evaluation JSON of each model on each set (default: every evaluated set)."""
     return [EVAL_JSON.format(model=model, evalset=name) for model in models for name in (sets or EVAL_SETS)]
+
+
+def eval_references(sets=None):
+    """The raw reference of each evaluation set (built-in: the data stage's; extra: the user's file)."""
+    return [RAW.format(split=name, lang=TGT) if name in EVAL_BUILTIN else EVAL_EXTRA[name]["ref"]
+            for name in (sets or EVAL_SETS)]
 
 
 def eval_ct2_outputs(models, sets=None):

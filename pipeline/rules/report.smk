@@ -1,18 +1,24 @@
-# Report stage: the summary table of every model on report.set, plots, and the Snakemake HTML
-# report. Variant, alpha and temperature come from each evaluation's copy of the model's spec.json.
-# Compute: resources.report.
+# Report stage: a table per evaluated set (summary.csv: one long table with a set column), the best
+# student of each variant chosen on dev and reported once on report.set (summary_best.csv), paired
+# bootstrap resampling of every model against the baseline student and the teacher (report.bootstrap),
+# mean ± sd over students.seeds, plots, and the Snakemake HTML report. Variant, alpha, temperature and
+# seed come from each evaluation's copy of the model's spec.json. Compute: resources.report.
 
 PLOTS = ["bleu_vs_speed", "bleu_vs_alpha", "training_curves"]
 
 
 rule report_summary:
     input:
-        evals=eval_outputs(MODELS, [SUMMARY_SET]),
-        ct2_evals=eval_ct2_outputs(MODELS, [SUMMARY_SET]),
+        evals=eval_outputs(MODELS),  # every evaluated set: dev for the choices, report.set for the results
+        beam=[EVAL_BEAM.format(model=name, evalset=evalset) for name in MODELS for evalset in EVAL_SETS],
+        refs=eval_references(),
+        ct2_evals=eval_ct2_outputs(MODELS),
         # training finished, so each model's progress records are complete
         models=[MODEL.format(model=name) for name in MODELS],
     output:
-        csv=report("results/summary.csv", category="Results", labels={"table": "summary (csv)"}),
+        csv=report("results/summary.csv", category="Results", labels={"table": "every set (csv)"}),
+        best_csv=report("results/summary_best.csv", category="Results",
+                        labels={"table": f"best students: chosen on dev, on {SUMMARY_SET} (csv)"}),
         md="results/summary.md",
         ct2_csv=(
             [report("results/summary_ct2.csv", category="Results", labels={"table": "CTranslate2 (csv)"})]
@@ -25,6 +31,8 @@ rule report_summary:
         ],
     params:
         curves=[TRAIN_METRICS.format(model=name) for name in MODELS],
+        bootstrap=flags(("--bootstrap-samples", REPORT_CFG["bootstrap"]["samples"]),
+                        ("--bootstrap-seed", REPORT_CFG["bootstrap"]["seed"])),
         ct2=lambda wildcards, input, output: (
             f" --ct2-evals {' '.join(input.ct2_evals)} --ct2-csv {output.ct2_csv}" if input.ct2_evals else ""
         ),
@@ -37,8 +45,8 @@ rule report_summary:
         mem_mb=res("report")["mem_mb"],
         runtime=res("report")["runtime"],
     shell:
-        "{PY} -m pipeline.report --evals {input.evals} --curves {params.curves}"
-        " --csv {output.csv} --md {output.md} --plots results/plots{params.ct2} > {log} 2>&1"
+        "{PY} -m pipeline.report --evals {input.evals} --set {SUMMARY_SET} {params.bootstrap} --curves {params.curves}"
+        " --csv {output.csv} --best-csv {output.best_csv} --md {output.md} --plots results/plots{params.ct2} > {log} 2>&1"
 
 
 rule report:

@@ -7,7 +7,7 @@ PLOTS = ["bleu_vs_speed", "bleu_vs_alpha", "training_curves"]
 
 rule report_summary:
     input:
-        evals=eval_outputs(MODELS, [SUMMARY_SET]),
+        evals=eval_outputs([*MODELS, *ENSEMBLE_EVALUATED], [SUMMARY_SET]),
         ct2_evals=eval_ct2_outputs(MODELS, [SUMMARY_SET]),
         # training finished, so each model's progress records are complete
         models=[MODEL.format(model=name) for name in MODELS],
@@ -24,7 +24,7 @@ rule report_summary:
             for name in PLOTS
         ],
     params:
-        curves=[TRAIN_METRICS.format(model=name) for name in MODELS],
+        curves=[TRAIN_METRICS.format(model=name) for name in MODELS if name not in IMPORTED],  # trained here
         ct2=lambda wildcards, input, output: (
             f" --ct2-evals {' '.join(input.ct2_evals)} --ct2-csv {output.ct2_csv}" if input.ct2_evals else ""
         ),

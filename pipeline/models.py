@@ -26,7 +26,7 @@ ENSEMBLE = "teacher_ensemble"  # the evaluation entry of an ensemble of teachers
 
 def teacher_names(count: int) -> list[str]:
     """The teachers of an ensemble of `count`: teacher, teacher_2, ..., teacher_N (one: just teacher)."""
-    return [TEACHER] + [f"{TEACHER}_{i}" for i in range(2, count + 1)]
+    return [TEACHER] + [f"{TEACHER}_{i}" for i in range(2, count + 1)] if count else []
 
 
 def teacher_count(config: dict) -> int:

@@ -142,8 +142,10 @@ def test_ct2_teacher_distils_with_its_own_spm(smoke_data, ct2_teacher, tmp_path)
     from pipeline.decoding import SearchOptions, open_backend
 
     backend = open_backend(ct2_teacher, src="de", tgt="en", compute_type="int8", cpu=True)
-    direct = backend.decode([" ".join(teacher.encode(line, out_type=str)) for line in source[:5]], SearchOptions(beam=2, nbest=2))
-    for record, hyps in zip(records[:5], direct.hypotheses, strict=True):
+    # the shard's lines with the shard job's search and batches (a batch's longest source caps its hypotheses)
+    options = SearchOptions(beam=2, nbest=2, max_tokens=1000, batch_size=8)
+    direct = backend.decode([" ".join(teacher.encode(line, out_type=str)) for line in source[:len(records)]], options)
+    for record, hyps in zip(records, direct.hypotheses, strict=True):
         ours = [h["text"].split() for h in record["hyps"]]
         assert all(students.piece_to_id(p) != students.unk_id() for pieces in ours for p in pieces)
         assert [students.decode(p) for p in ours] == [teacher.decode(h.tokens.split()) for h in hyps]

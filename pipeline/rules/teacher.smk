@@ -1,6 +1,7 @@
 # Teacher stage (teacher.ensemble teachers differing in seed, or an existing teacher's checkpoints
-# linked by rule import_teacher; none for a CTranslate2 teacher), and the one training rule every model goes through (the students stage,
-# students.smk, asks it for the students): same resumable mechanics, different inputs.
+# linked by rule import_teacher; none for a CTranslate2 teacher), and the one training rule every
+# model goes through (the students stage, students.smk, asks it for the students): same resumable
+# mechanics, different inputs. Every training job writes TensorBoard logs to results/tb/<model>.
 # Beside each model.pt: spec.json (its settings, pipeline.models.model_record) and a copy of the
 # SentencePiece model, so `python -m pipeline.translate --model work/models/<name>/model.pt` needs
 # no other flag. Settings: config `train:`, `teacher:`, `students:`; compute: resources.train.
@@ -92,17 +93,17 @@ if IMPORTED:
     # An existing teacher (teacher.checkpoints) is linked, not trained: the evaluation, the distillation
     # and word-KD students read work/models/<member>/model.pt as they read a trained teacher's.
     rule import_teacher:
+        input:
+            lambda wildcards: IMPORTED[wildcards.model],  # a newer checkpoint there relinks it (and reruns what follows)
         output:
             MODEL,
         wildcard_constraints:
             model="|".join(re.escape(name) for name in IMPORTED),
-        params:
-            checkpoint=lambda wildcards: IMPORTED[wildcards.model],
         log:
             "logs/train/{model}.import.log",
         localrule: True
         shell:
-            "ln -sfn {params.checkpoint:q} {output} 2> {log}"
+            "ln -sfn {input:q} {output} 2> {log}"
 
 
 rule teacher:

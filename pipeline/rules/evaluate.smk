@@ -5,8 +5,9 @@
 # is also evaluated by CTranslate2 once per compute type of ct2.evaluate_compute_types: same JSON
 # layout, plus backend and compute_type. Every evaluation JSON carries the model's spec.json (key
 # "spec"). Teachers: an ensemble's members each, and the ensemble as one more entry (teacher_ensemble,
-# fairseq only: CTranslate2 has no ensembles). Settings: config `evaluate:` (flags: EVAL_FLAGS, EVAL_CT2_FLAGS of common.smk);
-# compute: resources.evaluate for both backends, so that the speeds compare.
+# fairseq only: CTranslate2 has no ensembles). Settings: config `evaluate:` (flags: EVAL_FLAGS,
+# EVAL_CT2_FLAGS of common.smk); compute: resources.evaluate for both backends, so that the speeds
+# compare.
 
 
 def eval_set_inputs(evalset, builtin_src):

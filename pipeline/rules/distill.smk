@@ -1,7 +1,8 @@
 # Distillation stage (sequence-level KD): the teacher (an ensemble: all its members, fairseq backend;
 # a CTranslate2 teacher: text to text) beam-decodes the cleaned training source in shards, one job
 # each (a killed run redoes only the shards without a finished output); the shards are reassembled
-# by sentence id, a target is selected and filtered per pair, and the distilled corpus is binarised with the teacher's dictionary next to the real dev and test sets.
+# by sentence id, a target is selected and filtered per pair, and the distilled corpus is binarised
+# with the teacher's dictionary next to the real dev and test sets.
 # Settings: config `distill:` (decoding flags: DISTILL_FLAGS of common.smk); compute: resources.distill
 # per shard job, resources.assemble, resources.binarize. Part of `all` only when a student trains on
 # distilled targets (seq_kd, seq_word_kd).

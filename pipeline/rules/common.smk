@@ -159,6 +159,8 @@ for _name, _path in IMPORTED.items():
 if IS_ENSEMBLE:
     MODEL_RECORDS[ENSEMBLE] = {**MODEL_RECORDS[TEACHER], "name": ENSEMBLE, "variant": ENSEMBLE, "seed": None,
                                "members": TEACHERS}
+    if IMPORTED:
+        MODEL_RECORDS[ENSEMBLE]["checkpoint"] = ":".join(IMPORTED.values())
 RECORD_PATTERN = "|".join(re.escape(name) for name in MODEL_RECORDS)  # models with spec.json and spm.model
 TB_DIR = "results/tb/{model}"  # TensorBoard logs of each training job: `tensorboard --logdir results/tb`
 

@@ -20,7 +20,21 @@ VARIANTS = {
     "seq_kd": ("distilled", "label_smoothed_cross_entropy"),
     "seq_word_kd": ("distilled", "word_kd"),
 }
-TEACHER = "teacher"
+TEACHER = "teacher"  # the teacher, and the first member of an ensemble
+ENSEMBLE = "teacher_ensemble"  # the evaluation entry of an ensemble of teachers (variant and name)
+
+
+def teacher_names(count: int) -> list[str]:
+    """The teachers of an ensemble of `count`: teacher, teacher_2, ..., teacher_N (one: just teacher)."""
+    return [TEACHER] + [f"{TEACHER}_{i}" for i in range(2, count + 1)] if count else []
+
+
+def teacher_count(config: dict) -> int:
+    """How many fairseq teachers the run has: the external checkpoints, none for a CTranslate2 teacher, else teacher.ensemble."""
+    teacher_cfg = config["teacher"]
+    if teacher_cfg["ct2_model"]:
+        return 0
+    return len(teacher_cfg["checkpoints"]) or teacher_cfg["ensemble"]
 
 
 @dataclass(frozen=True)
@@ -70,8 +84,11 @@ def student_seeds(students: dict, student_train: dict) -> list[int]:
 
 
 def model_specs(config: dict) -> dict[str, ModelSpec]:
-    """Every model of the run by name: the teacher, then one student per variant (x alpha x T for word-KD)
-    and per seed of students.seeds (fairseq --seed; the teacher keeps train.seed).
+    """Every model of the run by name: the teacher(s), then one student per variant (x alpha x T for word-KD)
+    and per seed of students.seeds (fairseq --seed; the teachers keep train.seed and its successors).
+
+    Teachers: teacher.ensemble of them (teacher, teacher_2, ...), or one per teacher.checkpoints entry
+    (not trained: imported), or none for a CTranslate2 teacher (teacher.ct2_model, decoding only).
 
     `config` is the validated workflow config (every key present: config/config.yaml holds the values);
     teacher.train and students.train are optional overrides of train. Names carry the seed only when
@@ -79,8 +96,11 @@ def model_specs(config: dict) -> dict[str, ModelSpec]:
     """
     defaults = config["train"]
     teacher_cfg = config["teacher"]
-    specs = {TEACHER: ModelSpec(TEACHER, teacher_cfg["preset"], train=merge(defaults, teacher_cfg.get("train")))}
-    check_train_settings("teacher.train", specs[TEACHER].train)
+    teacher_train = merge(defaults, teacher_cfg.get("train"))
+    check_train_settings("teacher.train", teacher_train)
+    # ensemble members differ in seed only (the first keeps the configured seed: one teacher is today's)
+    specs = {name: ModelSpec(name, teacher_cfg["preset"], train={**teacher_train, "seed": teacher_train["seed"] + i})
+             for i, name in enumerate(teacher_names(teacher_count(config)))}
     students = config["students"]
     student_train = merge(defaults, students.get("train"))
     if students["variants"]:
@@ -154,7 +174,7 @@ def fairseq_train_args(spec: ModelSpec, teacher_checkpoint: str, kd_topk: int = 
     return args + extra_args(t["extra_args"])
 
 
-def model_record(spec: ModelSpec, *, src: str, tgt: str, spm: str, train_data: str) -> dict[str, Any]:
+def model_record(spec: ModelSpec, *, src: str, tgt: str, spm: str, train_data: str, teacher: str = TEACHER) -> dict[str, Any]:
     """What work/models/<name>/spec.json says about a model: its settings, the data and vocabulary it needs.
 
     Evaluation copies it into its JSON (key "spec") and the report reads variant, alpha and
@@ -167,7 +187,7 @@ def model_record(spec: ModelSpec, *, src: str, tgt: str, spm: str, train_data: s
         "alpha": spec.alpha,
         "temperature": spec.temperature,
         "seed": spec.train["seed"],
-        "teacher": TEACHER if spec.learns_from_teacher else None,
+        "teacher": teacher if spec.learns_from_teacher else None,
         "targets": spec.targets,
         "criterion": spec.criterion,
         "train_data": train_data,
@@ -178,6 +198,8 @@ def model_record(spec: ModelSpec, *, src: str, tgt: str, spm: str, train_data: s
 
 
 def model_records(specs: dict[str, ModelSpec], *, src: str, tgt: str, spm: str,
-                  data_dir: Callable[[str], str]) -> dict[str, dict[str, Any]]:
-    """model_record of every model by name; data_dir(name) is the binarised data it trains on."""
-    return {name: model_record(spec, src=src, tgt=tgt, spm=spm, train_data=data_dir(name)) for name, spec in specs.items()}
+                  data_dir: Callable[[str], str], teacher: str = TEACHER) -> dict[str, dict[str, Any]]:
+    """model_record of every model by name; data_dir(name) is the binarised data it trains on; teacher: what
+    the students learn from (teacher, teacher_ensemble, or the CTranslate2 teacher's directory)."""
+    return {name: model_record(spec, src=src, tgt=tgt, spm=spm, train_data=data_dir(name), teacher=teacher)
+            for name, spec in specs.items()}

@@ -49,7 +49,7 @@ CONTINUATION_OPTIONS = {
     "--max-epoch", "--max-update", "--patience", "--log-interval", "--validate-interval-updates",
     "--save-interval-updates", "--keep-last-epochs", "--keep-interval-updates", "--no-epoch-checkpoints",
     "--num-workers", "--cpu", "--fp16", "--distributed-world-size", "--save-dir", "--user-dir",
-    "--distributed-backend", "--distributed-port",
+    "--distributed-backend", "--distributed-port", "--tensorboard-logdir",
 }
 HASH_LIMIT = 256 * 2**20  # bigger files are identified by size and modification time, not content
 # glibc settings for CPU training: keep freed large blocks on the heap for the next step instead of

@@ -2,6 +2,7 @@
 
     backend = open_backend("work/models/teacher/model.pt")        # fairseq checkpoint
     backend = open_backend("export/student", compute_type="int8")  # CTranslate2 directory
+    backend = open_backend("work/models/teacher/model.pt:work/models/teacher_2/model.pt")  # a fairseq ensemble
     backend = backend_from_args(args)                              # add_decoding_args' flags
     decoded = backend.decode(spm_lines, SearchOptions(beam=5, nbest=5), warmup=True)
 
@@ -92,6 +93,10 @@ def open_backend(
     ignored (fp16 and data_dir by CTranslate2; compute_type, inter/intra_threads by fairseq).
     """
     path = Path(model)
+    if os.pathsep in str(model):  # fairseq's ensemble syntax: several checkpoints
+        if backend == "ctranslate2":
+            raise ConfigError(f"--model {model}: CTranslate2 cannot decode an ensemble; use --backend fairseq")
+        backend = "fairseq"
     if backend is None:
         if not path.exists():
             raise _missing(path)

@@ -17,6 +17,7 @@ from pipeline.errors import ModelError
 META = "pipeline.json"  # our metadata beside CTranslate2's own files
 SPM = "spm.model"
 VMAP = "vmap.txt"  # the vocabulary shortlist the converter copies in (pipeline.vmap)
+SOURCE_SPM, TARGET_SPM = "source.spm", "target.spm"  # separate SentencePiece models (OPUS-MT/Marian's names)
 
 
 def is_ct2_dir(path: str | os.PathLike) -> bool:
@@ -44,3 +45,15 @@ def read_metadata(path: Path) -> dict[str, Any]:
         return json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise ModelError(f"{meta}: unreadable ({err})") from None
+
+
+def spm_models(path: str | os.PathLike) -> tuple[Path, Path]:
+    """The directory's SentencePiece models (source, target): its spm.model (pipeline.json's "spm") for both,
+    or source.spm and target.spm, as a model converted from Marian/OPUS-MT carries them."""
+    path = Path(path)
+    joint = path / read_metadata(path).get("spm", SPM)
+    if joint.is_file():
+        return joint, joint
+    if (path / SOURCE_SPM).is_file() and (path / TARGET_SPM).is_file():
+        return path / SOURCE_SPM, path / TARGET_SPM
+    raise ModelError(f"{path}: no SentencePiece model in the CTranslate2 directory ({SPM}, or {SOURCE_SPM} and {TARGET_SPM})")

@@ -37,13 +37,13 @@ def build_generator(lm: LoadedModel, gen: SearchOptions):
         beam=gen.beam, nbest=gen.nbest, lenpen=gen.lenpen, max_len_a=gen.max_len_a, max_len_b=gen.max_len_b,
         min_len=gen.min_len, unkpen=gen.unkpen,
     )
-    return lm.task.build_generator([lm.model], cfg)
+    return lm.task.build_generator(lm.members, cfg)  # several members: fairseq's EnsembleModel
 
 
 def lines_dataset(lm: LoadedModel, lines: Sequence[str]):
     """A fairseq inference dataset from spm-encoded lines (too long lines are truncated, with a warning)."""
     src_dict = lm.task.source_dictionary
-    max_len = min(lm.task.max_positions()[0], lm.model.max_positions()[0])
+    max_len = min(lm.task.max_positions()[0], *(m.max_positions()[0] for m in lm.members))
     tokens, truncated = [], 0
     for line in lines:
         t = src_dict.encode_line(line, add_if_not_exist=False, append_eos=True).long()
@@ -97,7 +97,7 @@ def decode_dataset(
             dataset=dataset,
             max_tokens=batch.max_tokens,
             max_sentences=batch.batch_size,
-            max_positions=utils.resolve_max_positions(lm.task.max_positions(), lm.model.max_positions()),
+            max_positions=utils.resolve_max_positions(lm.task.max_positions(), *(m.max_positions() for m in lm.members)),
             ignore_invalid_inputs=False,
             required_batch_size_multiple=1,
             num_workers=0,
@@ -121,11 +121,11 @@ def _decode_batches(lm: LoadedModel, generator, itr, nbest: int, warmup: bool,
             sample = utils.move_to_cuda(sample, lm.device)
         if start is None:
             if warmup:
-                lm.task.inference_step(generator, [lm.model], sample)
+                lm.task.inference_step(generator, lm.members, sample)
                 stats.warmup_batches = 1
             _sync(lm.device)
             start = time.perf_counter()
-        outputs = lm.task.inference_step(generator, [lm.model], sample)
+        outputs = lm.task.inference_step(generator, lm.members, sample)
         for sample_id, outputs_nbest in zip(sample["id"].tolist(), outputs, strict=True):
             hyps = []
             for hypo in outputs_nbest[:nbest]:
@@ -200,12 +200,20 @@ class FairseqBackend:
         return runtime_info(self.lm)
 
     def model_record(self) -> dict[str, Any]:
+        if self.lm.is_ensemble:
+            return {"checkpoint": ":".join(map(str, self.lm.member_paths)), "ensemble": [str(p) for p in self.lm.member_paths]}
         return {"checkpoint": str(self.path)}
 
     def model_size(self) -> dict[str, Any]:
+        """One model's size; an ensemble's: the members' sums (numbers), with each member's figures."""
         from pipeline.model_size import model_size
 
-        return model_size(self.lm.path, model=self.lm.model)
+        sizes = [model_size(path, model=model) for path, model in zip(self.lm.member_paths, self.lm.members, strict=True)]
+        if len(sizes) == 1:
+            return sizes[0]
+        total = {key: sum(s[key] for s in sizes) for key, value in sizes[0].items()
+                 if isinstance(value, int | float) and not isinstance(value, bool)}
+        return {**total, "members": sizes}
 
 
 def open_fairseq(checkpoint: str | Path, data_dir: str | Path | None = None, src: str | None = None,

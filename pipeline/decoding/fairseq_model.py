@@ -1,6 +1,7 @@
 """Loading a fairseq checkpoint for inference: the checkpoint file, its dictionaries, languages, plugins, device.
 
     lm = load_model(Path("work/models/teacher/model.pt"))   # on CUDA when present
+    lm = load_model("work/models/teacher/model.pt:work/models/teacher_2/model.pt")  # an ensemble (fairseq's syntax)
     find_spm(lm)                                            # the SentencePiece model it was trained with
 
 Used by the fairseq backend (pipeline.decoding.fairseq_backend), the conversion to CTranslate2
@@ -13,7 +14,7 @@ import importlib
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,18 @@ class LoadedModel:
     data_dir: Path
     device: torch.device
     fp16: bool
+    # an ensemble: every member (model is the first), decoded together by fairseq's SequenceGenerator,
+    # which averages the members' probabilities per step; one model: [model]
+    members: list[Any] = field(default_factory=list)
+    member_paths: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.members = self.members or [self.model]
+        self.member_paths = self.member_paths or [self.path]
+
+    @property
+    def is_ensemble(self) -> bool:
+        return len(self.members) > 1
 
     @property
     def source_lang(self) -> str:
@@ -152,12 +165,16 @@ def load_model(
 ) -> LoadedModel:
     """Load a fairseq checkpoint for inference (eval mode, on CUDA when available; fp16 only on CUDA).
 
+    Several checkpoints joined by ':' (fairseq's ensemble syntax) load as one ensemble: every member
+    must have the same dictionaries (ModelError naming the checkpoints otherwise).
     Training-only state (optimizer, criterion) is ignored. data_dir defaults to the dictionaries
     found by resolve_data_dir; src/tgt default to the checkpoint's languages or the data dir's.
     """
     from fairseq import checkpoint_utils
     from fairseq.dataclass.utils import overwrite_args_by_name
 
+    if os.pathsep in str(checkpoint):
+        return load_ensemble(str(checkpoint).split(os.pathsep), data_dir=data_dir, src=src, tgt=tgt, cpu=cpu, fp16=fp16)
     path = checkpoint_file(checkpoint)
     state = read_checkpoint(path)
     cfg = state["cfg"]
@@ -191,6 +208,24 @@ def load_model(
     log.info("loaded %s (%s->%s, dictionaries %s) on %s%s", path, src, tgt, data, device, " fp16" if fp16 else "")
     return LoadedModel(path=path, model=model, task=task, cfg=cfg, data_dir=data, device=device, fp16=fp16)
 
+
+def load_ensemble(checkpoints: list[str], data_dir: str | os.PathLike | None = None, src: str | None = None,
+                  tgt: str | None = None, cpu: bool = False, fp16: bool = False) -> LoadedModel:
+    """Several checkpoints as one model for decoding (the first one's task, dictionaries and spm)."""
+    loaded = [load_model(path, data_dir=data_dir, src=src, tgt=tgt, cpu=cpu, fp16=fp16) for path in checkpoints if path]
+    first = loaded[0]
+    for other in loaded[1:]:
+        for side in ("source_dictionary", "target_dictionary"):
+            if getattr(other.task, side).symbols != getattr(first.task, side).symbols:
+                raise ModelError(f"{other.path}: its dictionaries ({other.data_dir}) differ from {first.path}'s "
+                                 f"({first.data_dir}): an ensemble needs one vocabulary")
+        if (other.source_lang, other.target_lang) != (first.source_lang, first.target_lang):
+            raise ModelError(f"{other.path} translates {other.source_lang}->{other.target_lang}, {first.path} "
+                             f"{first.source_lang}->{first.target_lang}: not one ensemble")
+    log.info("ensemble of %d models: %s", len(loaded), ", ".join(str(lm.path) for lm in loaded))
+    return LoadedModel(path=first.path, model=first.model, task=first.task, cfg=first.cfg, data_dir=first.data_dir,
+                       device=first.device, fp16=first.fp16, members=[lm.model for lm in loaded],
+                       member_paths=[lm.path for lm in loaded])
 
 
 def find_spm(lm: LoadedModel, override: str | os.PathLike | None = None) -> Path:

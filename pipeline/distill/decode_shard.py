@@ -7,6 +7,10 @@
         [--max-tokens 6000] [--batch-size N] [--fp16] [--cpu] [--threads 2]
         [--backend ctranslate2 --ct2-model work/ct2/teacher [--compute-type int8] [--vmap]]
 
+    an ensemble: --model work/models/teacher/model.pt:work/models/teacher_2/model.pt (fairseq backend)
+    a text-to-text teacher (teacher.ct2_model): --backend ctranslate2 --ct2-model DIR --text-teacher
+        --source work/data/clean/train.de --out-spm work/data/spm/spm.model --src de --tgt en
+
 The decoding flags are pipeline.decoding's (add_decoding_args): the same search and batch settings
 for either backend.
 
@@ -27,6 +31,7 @@ from pipeline.cli import run
 from pipeline.corpus import read_lines
 from pipeline.decoding import SearchOptions, add_decoding_args, backend_from_args
 from pipeline.distill.shards import Hyp, NBest, read_ids, shard_filename, shard_range, write_shard
+from pipeline.distill.text_teacher import decode_text
 from pipeline.errors import BackendError, ConfigError, DataError
 
 # The distillation keeps an n-best list per sentence (config distill.nbest), for seq_inter to choose from.
@@ -37,9 +42,16 @@ log = logging.getLogger("pipeline.distill.decode_shard")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="the teacher's fairseq checkpoint (--backend fairseq)")
-    parser.add_argument("--data", type=Path, required=True, help="directory with the teacher's dictionaries")
-    parser.add_argument("--source", type=Path, required=True, help="spm-encoded cleaned training source")
+    parser.add_argument("--model", type=Path,
+                        help="the teacher's fairseq checkpoint, or several joined by ':' (an ensemble; --backend fairseq)")
+    parser.add_argument("--data", type=Path, help="directory with the teacher's dictionaries (fairseq)")
+    parser.add_argument("--source", type=Path, required=True,
+                        help="spm-encoded cleaned training source (--text-teacher: the cleaned text)")
+    parser.add_argument("--text-teacher", action="store_true",
+                        help="a CTranslate2 teacher with its own SentencePiece model(s): text in, output re-encoded with --out-spm")
+    parser.add_argument("--out-spm", type=Path, help="--text-teacher: the students' SentencePiece model")
+    parser.add_argument("--src", help="source language (a CTranslate2 directory without pipeline.json)")
+    parser.add_argument("--tgt", help="target language")
     parser.add_argument("--ids", type=Path, required=True, help="ids of the cleaned training pairs, one per line")
     parser.add_argument("--shard", type=int, required=True, help="0-based shard index")
     parser.add_argument("--num-shards", type=int, required=True)
@@ -49,6 +61,8 @@ def main() -> None:
     args = parser.parse_args()
     options = SearchOptions.from_args(args)
 
+    if args.text_teacher and (args.backend != "ctranslate2" or args.out_spm is None):
+        raise ConfigError("--text-teacher needs --backend ctranslate2 --ct2-model DIR and --out-spm (the students' spm)")
     if not 0 <= args.shard < args.num_shards:
         raise ConfigError(f"--shard {args.shard} outside 0..{args.num_shards - 1}")
     expected_name = shard_filename(args.shard, args.num_shards)
@@ -75,7 +89,10 @@ def main() -> None:
     log.info("%s: decoding %d sentences with %s on %s, %s, %s", where, len(lines), backend.name,
              backend.describe_device(), options, options.batch(backend.default_batch))
     began = time.perf_counter()
-    nbests = backend.decode(lines, options).hypotheses
+    if args.text_teacher:
+        nbests = decode_text(backend, lines, options, args.out_spm)
+    else:
+        nbests = backend.decode(lines, options).hypotheses
     seconds = time.perf_counter() - began
     if len(nbests) != len(lines):
         raise BackendError(f"{where}: the decoder returned {len(nbests)} n-best lists for {len(lines)} sentences")

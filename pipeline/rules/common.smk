@@ -19,7 +19,8 @@ import sys
 
 from pipeline.ct2 import COMPUTE_TYPES as CT2_COMPUTE_TYPES
 from pipeline.errors import ConfigError
-from pipeline.models import TEACHER, model_records, model_specs
+from pipeline.models import ENSEMBLE, TEACHER, model_records, model_specs
+from pipeline.teachers import CHECKPOINTS, CT2, check_ct2_teacher, check_external_teacher, teacher_kind
 from pipeline.spm import DEFAULT_MAX_POSITIONS, max_pieces_for
 
 # ---------------------------------------------------------------------------------------------------
@@ -109,10 +110,39 @@ DISTILL_SHARD = f"work/distill/shards/shard{{shard}}-of-{DISTILL_SHARDS:0{DISTIL
 # seed of students.seeds (names end in _s<seed> only when there are several; spec.json records it)
 
 MODELS = model_specs(config)
-STUDENTS = [name for name in MODELS if name != TEACHER]
+STUDENTS = [name for name in MODELS if MODELS[name].variant != TEACHER]
 MODEL_PATTERN = "|".join(re.escape(name) for name in MODELS)  # wildcard constraint: only models of the roster
 # Distillation is planned (in `all`) only when a student trains on distilled targets (seq_kd, seq_word_kd).
 USES_DISTILLATION = any(MODELS[name].targets == "distilled" for name in STUDENTS)
+
+# ---------------------------------------------------------------------------------------------------
+# Teachers (pipeline.teachers; docs/config.md "teacher"). TEACHER_KIND:
+#   trained:     teacher.ensemble teachers of ours (teacher, teacher_2, ...), differing in seed only;
+#   checkpoints: teacher.checkpoints, imported (linked) as teacher, teacher_2, ... instead of trained; the
+#                data stage takes their SentencePiece model and dictionary (checked here, before any job);
+#   ct2:         teacher.ct2_model, a text-to-text CTranslate2 teacher that only decodes the training set;
+#                no fairseq teacher in the roster, the students get the data stage's own spm and dictionary.
+# Several teachers are an ensemble: the distillation decodes with all of them (fairseq), word-KD
+# students learn from all of them, the evaluation has every member plus the ENSEMBLE entry.
+
+TEACHER_KIND = teacher_kind(config)
+TEACHERS = [name for name in MODELS if MODELS[name].variant == TEACHER]  # members, in order
+TEACHER_MODELS = [MODEL.format(model=name) for name in TEACHERS]
+TEACHER_PATHS = ":".join(TEACHER_MODELS)  # fairseq's ensemble syntax: decode_shard --model, word_kd --teacher-path
+IS_ENSEMBLE = len(TEACHERS) > 1
+EXTERNAL = check_external_teacher(config) if TEACHER_KIND == CHECKPOINTS else None
+IMPORTED = {name: str(path.resolve()) for name, path in zip(TEACHERS, EXTERNAL.checkpoints)} if EXTERNAL else {}
+TRAINED_PATTERN = "|".join(re.escape(name) for name in MODELS if name not in IMPORTED)
+CT2_TEACHER = check_ct2_teacher(config, [name for name in STUDENTS if MODELS[name].uses_teacher]) if TEACHER_KIND == CT2 else None
+if IS_ENSEMBLE and DISTILL_CFG["backend"] == "ctranslate2" and USES_DISTILLATION:
+    raise ConfigError(f"config distill.backend: ctranslate2 cannot decode an ensemble ({len(TEACHERS)} teachers: "
+                      f"{', '.join(TEACHERS)}); set distill.backend: fairseq (it averages the members' probabilities)")
+if TEACHER_KIND == CT2 and DISTILL_CFG["backend"] != "ctranslate2":
+    raise ConfigError(f"config distill.backend: {DISTILL_CFG['backend']}, but teacher.ct2_model is a CTranslate2 "
+                      "model: set distill.backend: ctranslate2")
+# what a student's spec.json names as its teacher
+STUDENTS_TEACHER = str(CT2_TEACHER) if CT2_TEACHER else (ENSEMBLE if IS_ENSEMBLE else TEACHER)
+ENSEMBLE_EVALUATED = [ENSEMBLE] if IS_ENSEMBLE else []  # the ensemble's evaluation entry (rule evaluate_ensemble)
 
 
 def train_data_dir(name):
@@ -125,7 +155,16 @@ def model_targets(names):
     return [path.format(model=name) for name in names for path in (MODEL, MODEL_SPEC, MODEL_SPM)]
 
 
-MODEL_RECORDS = model_records(MODELS, src=SRC, tgt=TGT, spm=SPM_MODEL, data_dir=train_data_dir)
+MODEL_RECORDS = model_records(MODELS, src=SRC, tgt=TGT, spm=SPM_MODEL, data_dir=train_data_dir, teacher=STUDENTS_TEACHER)
+for _name, _path in IMPORTED.items():
+    MODEL_RECORDS[_name].update(checkpoint=_path, preset=None, seed=None, train_data=None)  # not trained here
+if IS_ENSEMBLE:
+    MODEL_RECORDS[ENSEMBLE] = {**MODEL_RECORDS[TEACHER], "name": ENSEMBLE, "variant": ENSEMBLE, "seed": None,
+                               "members": TEACHERS}
+    if IMPORTED:
+        MODEL_RECORDS[ENSEMBLE]["checkpoint"] = ":".join(IMPORTED.values())
+RECORD_PATTERN = "|".join(re.escape(name) for name in MODEL_RECORDS)  # models with spec.json and spm.model
+TB_DIR = "results/tb/{model}"  # TensorBoard logs of each training job: `tensorboard --logdir results/tb`
 
 # ---------------------------------------------------------------------------------------------------
 # Evaluation sets and what the report summarises
@@ -243,7 +282,11 @@ EXPORT_FLAGS = join(search_flags(EVAL_CFG), CT2_COMPUTE_TYPE_FLAG, CT2_THREAD_FL
                     SPEED_RUNS_FLAG, CT2_VMAP_FILE_FLAG)
 # pipeline.distill.decode_shard with either backend
 DISTILL_CT2 = DISTILL_CFG["backend"] == "ctranslate2"
-if DISTILL_CT2:
+if CT2_TEACHER:  # text in, text out: its own spm in, the students' spm out (no shortlist: the directory has none)
+    DISTILL_FLAGS = join(search_flags(DISTILL_CFG, nbest=True),
+                         f"--backend ctranslate2 --ct2-model {shlex.quote(str(CT2_TEACHER))} --text-teacher",
+                         f"--src {SRC} --tgt {TGT}", CT2_COMPUTE_TYPE_FLAG, CT2_THREAD_FLAGS, ct2_batch_flags(DISTILL_CFG))
+elif DISTILL_CT2:
     DISTILL_FLAGS = join(search_flags(DISTILL_CFG, nbest=True), flags(("--fp16", DISTILL_CFG["fp16"])),
                          f"--backend ctranslate2 --ct2-model {CT2_DIR.format(model=TEACHER)}", CT2_COMPUTE_TYPE_FLAG,
                          CT2_VMAP_FLAG, CT2_THREAD_FLAGS, ct2_batch_flags(DISTILL_CFG))

@@ -1,5 +1,6 @@
 # Data stage: fetch and verify, Moses punctuation normalisation, training-set cleaning,
-# joint SentencePiece, fairseq binarisation. Settings: config `data:`; compute: resources.data
+# joint SentencePiece, fairseq binarisation (with an existing teacher, teacher.checkpoints: its
+# SentencePiece model and dictionary instead of new ones). Settings: config `data:`; compute: resources.data
 # (the line-by-line steps are single-threaded programs: one thread whatever it says) and
 # resources.binarize.
 
@@ -92,27 +93,44 @@ def text_for_spm(wildcards):
     return NORM.format(split=wildcards.split, lang=wildcards.lang)
 
 
-rule spm_train:
-    input:
-        expand(CLEAN_TEXT, lang=LANGS),
-    output:
-        model=SPM_MODEL,
-        vocab=SPM_PREFIX + ".vocab",
-    params:
-        cfg=DATA_CFG["spm"],
-    log:
-        "logs/data/spm_train.log",
-    benchmark:
-        "benchmarks/data/spm_train.tsv"
-    threads: res("data")["threads"]
-    resources:
-        mem_mb=res("data")["mem_mb"],
-        runtime=res("data")["runtime"],
-    shell:
-        "{PY} -m pipeline.spm train --model-prefix {SPM_PREFIX}"
-        " --vocab-size {params.cfg[vocab_size]} --model-type {params.cfg[model_type]}"
-        " --character-coverage {params.cfg[character_coverage]} --threads {threads}"
-        " {input} > {log} 2>&1"
+if EXTERNAL:
+
+    # An existing fairseq teacher (teacher.checkpoints): its SentencePiece model is the run's, and its
+    # dictionary binarises every split (rule binarize), so the students share both.
+    rule teacher_spm:
+        input:
+            EXTERNAL.spm,
+        output:
+            SPM_MODEL,
+        log:
+            "logs/data/teacher_spm.log",
+        localrule: True
+        shell:
+            "cp {input:q} {output} 2> {log}"
+
+else:
+
+    rule spm_train:
+        input:
+            expand(CLEAN_TEXT, lang=LANGS),
+        output:
+            model=SPM_MODEL,
+            vocab=SPM_PREFIX + ".vocab",
+        params:
+            cfg=DATA_CFG["spm"],
+        log:
+            "logs/data/spm_train.log",
+        benchmark:
+            "benchmarks/data/spm_train.tsv"
+        threads: res("data")["threads"]
+        resources:
+            mem_mb=res("data")["mem_mb"],
+            runtime=res("data")["runtime"],
+        shell:
+            "{PY} -m pipeline.spm train --model-prefix {SPM_PREFIX}"
+            " --vocab-size {params.cfg[vocab_size]} --model-type {params.cfg[model_type]}"
+            " --character-coverage {params.cfg[character_coverage]} --threads {threads}"
+            " {input} > {log} 2>&1"
 
 
 rule spm_encode:
@@ -140,9 +158,12 @@ rule spm_encode:
 
 rule binarize:
     input:
-        expand(SPM_TEXT, split=SPLITS, lang=LANGS),
+        text=expand(SPM_TEXT, split=SPLITS, lang=LANGS),
+        teacher_dict=[EXTERNAL.dictionary] if EXTERNAL else [],  # an existing teacher's: both languages
     output:
         bin_files(BIN_DIR),
+    params:
+        srcdict=f" --srcdict {shlex.quote(str(EXTERNAL.dictionary))}" if EXTERNAL else "",
     log:
         "logs/data/binarize.log",
     benchmark:
@@ -155,7 +176,7 @@ rule binarize:
         "rm -rf {BIN_DIR}.tmp && "
         "{PY} -m fairseq_cli.preprocess --source-lang {SRC} --target-lang {TGT}"
         " --trainpref {SPM_TEXT_PREFIX}train --validpref {SPM_TEXT_PREFIX}dev --testpref {SPM_TEXT_PREFIX}test"
-        " --destdir {BIN_DIR}.tmp --joined-dictionary --workers {threads} > {log} 2>&1"
+        " --destdir {BIN_DIR}.tmp --joined-dictionary{params.srcdict} --workers {threads} > {log} 2>&1"
         " && mkdir -p {BIN_DIR} && mv {BIN_DIR}.tmp/* {BIN_DIR}/ && rmdir {BIN_DIR}.tmp"
 
 

@@ -1,7 +1,8 @@
-# Distillation stage (sequence-level KD): the teacher beam-decodes the cleaned training source in
-# shards, one job each (a killed run redoes only the shards without a finished output); the shards
-# are reassembled by sentence id, a target is selected and filtered per pair, and the distilled
-# corpus is binarised with the teacher's dictionary next to the real dev and test sets.
+# Distillation stage (sequence-level KD): the teacher (an ensemble: all its members, fairseq backend;
+# a CTranslate2 teacher: text to text) beam-decodes the cleaned training source in shards, one job
+# each (a killed run redoes only the shards without a finished output); the shards are reassembled
+# by sentence id, a target is selected and filtered per pair, and the distilled corpus is binarised
+# with the teacher's dictionary next to the real dev and test sets.
 # Settings: config `distill:` (decoding flags: DISTILL_FLAGS of common.smk); compute: resources.distill
 # per shard job, resources.assemble, resources.binarize. Part of `all` only when a student trains on
 # distilled targets (seq_kd, seq_word_kd).
@@ -22,19 +23,34 @@ def distill_assemble_args():
     )
 
 
+from pipeline.decoding.ct2_dir import spm_models as ct2_spm_models
+
+
+def decode_shard_inputs(wildcards):
+    if CT2_TEACHER:  # text to text: the cleaned source as text; its output re-encoded with the students' spm
+        return {"src": CLEAN_TEXT.format(lang=SRC), "ids": CLEAN_IDS, "ct2": str(CT2_TEACHER / "model.bin"),
+                "teacher_spm": sorted({str(path) for path in ct2_spm_models(CT2_TEACHER)}), "out_spm": SPM_MODEL}
+    return {"src": SPM_TEXT.format(split="train", lang=SRC), "ids": CLEAN_IDS,
+            "model": TEACHER_MODELS,  # every member of an ensemble
+            "dicts": dict_files(BIN_DIR), "ct2": [CT2_MODEL.format(model=TEACHER)] if DISTILL_CT2 else []}
+
+
+def decode_shard_model(wildcards, input):
+    if CT2_TEACHER:
+        return f"--out-spm {input.out_spm}"
+    return f"--model {TEACHER_PATHS} --data {BIN_DIR}"
+
+
 rule distill_decode_shard:
     input:
-        src=SPM_TEXT.format(split="train", lang=SRC),
-        ids=CLEAN_IDS,
-        model=TEACHER_MODEL,
-        dicts=dict_files(BIN_DIR),
-        ct2=[CT2_MODEL.format(model=TEACHER)] if DISTILL_CT2 else [],
+        unpack(decode_shard_inputs),
     output:
         DISTILL_SHARD,
     wildcard_constraints:
         shard=rf"\d{{{DISTILL_ID_WIDTH}}}",
     params:
         args=DISTILL_FLAGS,
+        model=decode_shard_model,
     log:
         "logs/distill/decode_shard{shard}.log",
     benchmark:
@@ -49,7 +65,7 @@ rule distill_decode_shard:
     shell:
         "export OMP_NUM_THREADS={threads}; "
         "{PY} -m pipeline.devices --gpus {resources.gpu} --"
-        " {PY} -m pipeline.distill.decode_shard --model {input.model} --data {BIN_DIR}"
+        " {PY} -m pipeline.distill.decode_shard {params.model}"
         " --source {input.src} --ids {input.ids} --shard {wildcards.shard} --num-shards {DISTILL_SHARDS}"
         " --threads {threads} {params.args} --out {output} > {log} 2>&1"
 

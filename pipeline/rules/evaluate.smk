@@ -4,8 +4,10 @@
 # evaluate.backends: fairseq is always evaluated (the report's figures); with ctranslate2 each model
 # is also evaluated by CTranslate2 once per compute type of ct2.evaluate_compute_types: same JSON
 # layout, plus backend and compute_type. Every evaluation JSON carries the model's spec.json (key
-# "spec"). Settings: config `evaluate:` (flags: EVAL_FLAGS, EVAL_CT2_FLAGS of common.smk);
-# compute: resources.evaluate for both backends, so that the speeds compare.
+# "spec"). Teachers: an ensemble's members each, and the ensemble as one more entry (teacher_ensemble,
+# fairseq only: CTranslate2 has no ensembles). Settings: config `evaluate:` (flags: EVAL_FLAGS,
+# EVAL_CT2_FLAGS of common.smk); compute: resources.evaluate for both backends, so that the speeds
+# compare.
 
 
 def eval_set_inputs(evalset, builtin_src):
@@ -28,8 +30,13 @@ def eval_source_flags(builtin_flag):
     return source
 
 
+def evaluated_checkpoints(name):
+    """The checkpoint(s) an evaluation decodes with: a model's, or every member's for the ensemble entry."""
+    return TEACHER_MODELS if name == ENSEMBLE else [MODEL.format(model=name)]
+
+
 def eval_inputs(wildcards):
-    return {"model": MODEL.format(model=wildcards.model), "spec": MODEL_SPEC.format(model=wildcards.model),
+    return {"model": evaluated_checkpoints(wildcards.model), "spec": MODEL_SPEC.format(model=wildcards.model),
             "spm": SPM_MODEL, "dicts": dict_files(BIN_DIR),
             **eval_set_inputs(wildcards.evalset, split_files(BIN_DIR, wildcards.evalset) if wildcards.evalset in EVAL_BUILTIN else None)}
 
@@ -42,11 +49,12 @@ rule evaluate_model:
         beam="results/eval/{model}/{evalset}.beam.txt",
         greedy="results/eval/{model}/{evalset}.greedy.txt",
     wildcard_constraints:
-        model=MODEL_PATTERN,
+        model="|".join([MODEL_PATTERN, *ENSEMBLE_EVALUATED]),
         evalset=EVAL_SET_PATTERN,
     params:
         source=eval_source_flags(lambda wildcards, input: f"--split {wildcards.evalset}"),
         decoding=EVAL_FLAGS,
+        model=lambda wildcards: ":".join(evaluated_checkpoints(wildcards.model)),  # fairseq's ensemble syntax
     log:
         "logs/eval/{model}.{evalset}.log",
     benchmark:
@@ -61,7 +69,7 @@ rule evaluate_model:
     shell:
         "export OMP_NUM_THREADS={threads}; "
         "{PY} -m pipeline.devices --gpus {resources.gpu} --"
-        " {PY} -m pipeline.evaluate --model {input.model} --name {wildcards.model} --set {wildcards.evalset}"
+        " {PY} -m pipeline.evaluate --model {params.model} --name {wildcards.model} --set {wildcards.evalset}"
         " {params.source} --ref {input.ref:q} --data {BIN_DIR} --spm {input.spm} --spec {input.spec}"
         " --json {output.json} --beam-hyps {output.beam} --greedy-hyps {output.greedy}"
         " {params.decoding} --threads {threads} > {log} 2>&1"
@@ -110,5 +118,5 @@ rule evaluate_model_ct2:
 
 rule evaluate:
     input:
-        eval_outputs(MODELS),
+        eval_outputs([*MODELS, *ENSEMBLE_EVALUATED]),
         eval_ct2_outputs(MODELS),

@@ -9,8 +9,8 @@ PLOTS = ["bleu_vs_speed", "bleu_vs_alpha", "training_curves"]
 
 rule report_summary:
     input:
-        evals=eval_outputs(MODELS),  # every evaluated set: dev for the choices, report.set for the results
-        beam=[EVAL_BEAM.format(model=name, evalset=evalset) for name in MODELS for evalset in EVAL_SETS],
+        evals=eval_outputs([*MODELS, *ENSEMBLE_EVALUATED]),  # every evaluated set: dev for the choices, report.set for the results
+        beam=[EVAL_BEAM.format(model=name, evalset=evalset) for name in [*MODELS, *ENSEMBLE_EVALUATED] for evalset in EVAL_SETS],
         refs=eval_references(),
         ct2_evals=eval_ct2_outputs(MODELS),
         # training finished, so each model's progress records are complete
@@ -30,7 +30,7 @@ rule report_summary:
             for name in PLOTS
         ],
     params:
-        curves=[TRAIN_METRICS.format(model=name) for name in MODELS],
+        curves=[TRAIN_METRICS.format(model=name) for name in MODELS if name not in IMPORTED],  # trained here
         bootstrap=flags(("--bootstrap-samples", REPORT_CFG["bootstrap"]["samples"]),
                         ("--bootstrap-seed", REPORT_CFG["bootstrap"]["seed"])),
         ct2=lambda wildcards, input, output: (

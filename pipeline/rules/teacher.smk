@@ -1,5 +1,7 @@
-# Teacher stage, and the one training rule every model goes through (the students stage,
-# students.smk, asks it for the students): same resumable mechanics, different inputs.
+# Teacher stage (teacher.ensemble teachers differing in seed, or an existing teacher's checkpoints
+# linked by rule import_teacher; none for a CTranslate2 teacher), and the one training rule every
+# model goes through (the students stage, students.smk, asks it for the students): same resumable
+# mechanics, different inputs. Every training job writes TensorBoard logs to results/tb/<model>.
 # Beside each model.pt: spec.json (its settings, pipeline.models.model_record) and a copy of the
 # SentencePiece model, so `python -m pipeline.translate --model work/models/<name>/model.pt` needs
 # no other flag. Settings: config `train:`, `teacher:`, `students:`; compute: resources.train.
@@ -17,7 +19,7 @@ def train_inputs(wildcards):
     data = train_data_dir(spec.name)
     inputs = {"dicts": dict_files(data), "train": split_files(data, "train", exts=("bin",))}
     if spec.uses_teacher:
-        inputs["teacher"] = TEACHER_MODEL
+        inputs["teacher"] = TEACHER_MODELS  # every member of an ensemble
     return inputs
 
 
@@ -34,7 +36,8 @@ def train_command(wildcards):
         "--fp16" if t["fp16"] else "",
         *train_args(TRAIN_TOPOLOGY),  # nothing for one task
     ]
-    fairseq = fairseq_train_args(spec, TEACHER_MODEL, STUDENTS_CFG["kd_topk"])
+    fairseq = fairseq_train_args(spec, TEACHER_PATHS, STUDENTS_CFG["kd_topk"])
+    fairseq += ["--tensorboard-logdir", TB_DIR.format(model=spec.name)]  # live curves (needs the tensorboard package)
     return " ".join(wrapper) + " -- " + " ".join(shlex.quote(a) for a in fairseq)
 
 
@@ -46,7 +49,7 @@ rule train_model:
         # Snakemake, so a killed job, rerun, resumes from checkpoint_last.pt.
         MODEL,
     wildcard_constraints:
-        model=MODEL_PATTERN,
+        model=TRAINED_PATTERN,
     params:
         command=train_command,
         # A changed training setting retrains this model (and what depends on it).
@@ -77,7 +80,7 @@ rule model_files:
         spec=MODEL_SPEC,
         spm=MODEL_SPM,
     wildcard_constraints:
-        model=MODEL_PATTERN,
+        model=RECORD_PATTERN,
     params:
         record=lambda wildcards: json.dumps(MODEL_RECORDS[wildcards.model], indent=1),
     log:
@@ -89,6 +92,25 @@ rule model_files:
         "cp {input.spm} {output.spm} && printf '%s\\n' {params.record:q} > {output.spec} 2> {log}"
 
 
+if IMPORTED:
+
+    # An existing teacher (teacher.checkpoints) is linked, not trained: the evaluation, the distillation
+    # and word-KD students read work/models/<member>/model.pt as they read a trained teacher's.
+    rule import_teacher:
+        input:
+            lambda wildcards: IMPORTED[wildcards.model],  # a newer checkpoint there relinks it (and reruns what follows)
+        output:
+            MODEL,
+        wildcard_constraints:
+            model="|".join(re.escape(name) for name in IMPORTED),
+        log:
+            "logs/train/{model}.import.log",
+        localrule: True
+        shell:
+            "ln -sfn {input:q} {output} 2> {log}"
+
+
 rule teacher:
     input:
-        model_targets([TEACHER]),
+        model_targets(TEACHERS),
+        [MODEL_SPEC.format(model=name) for name in ENSEMBLE_EVALUATED],

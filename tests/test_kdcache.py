@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import snakemake, write_config
 from fairseq import checkpoint_utils, models
 
 from fairseq_plugins.criterions.word_kd import WordKDCriterion, teacher_distribution
@@ -261,3 +263,72 @@ def test_killed_build_redoes_only_unfinished_shards(cache_dir, tiny_teacher, bin
     proc = kdcache_cli("build", *build_args(tiny_teacher, bin_dir, cache, topk=4))
     assert proc.stdout.count("redone (topk 8, expected 4)") == 2 * SHARDS and "kept" not in proc.stdout
     assert store.TeacherCache(cache).topk == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules: one job per shard and split, the index, and the students' training reading the cache
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:", 1)[1] if "Job stats:" in output else ""
+    return {m.group(1): int(m.group(2)) for m in (re.fullmatch(r"\s*(\w+)\s+(\d+)\s*", line) for line in table.splitlines())
+            if m and m.group(1) != "total"}
+
+
+def train_commands(output: str) -> dict[str, str]:
+    return {m.group(1): line for line in output.splitlines()
+            if "pipeline.train" in line and (m := re.search(r"--output work/models/(\S+)/model\.pt", line))}
+
+
+def test_dry_run_plans_the_caches_and_passes_them_to_the_word_kd_students(tmp_path):
+    proc = snakemake(tmp_path / "on", "-n", "-p", "students", config=write_config(tmp_path / "on"))
+    counts = job_counts(proc.stdout)
+    shards = 2  # config.yaml students.kd_cache_shards
+    assert counts["kdcache_shard"] == 2 * 2 * shards and counts["kdcache_index"] == 2, counts  # 2 caches x train, valid
+    commands = train_commands(proc.stdout)
+    assert commands["student_word_kd_a0.5_t1"].endswith("--kd-topk 8 --kd-teacher-cache work/kdcache/reference "
+                                                         ">> logs/train/student_word_kd_a0.5_t1.log 2>&1")
+    assert "--kd-teacher-cache work/kdcache/distilled" in commands["student_seq_word_kd_a0.5_t1"]
+    assert "--kd-teacher-cache" not in commands["student_baseline"] + commands["student_seq_kd"]
+    shard_jobs = [line for line in proc.stdout.splitlines() if "pipeline.kdcache shard" in line]
+    assert len(shard_jobs) == 8 and all("--topk 8" in line and "--num-shards 2" in line for line in shard_jobs)
+
+    off = {"students": {"kd_cache": False, "kd_topk": 0}}
+    proc = snakemake(tmp_path / "off", "-n", "-p", "students", config=write_config(tmp_path / "off", off))
+    assert "kdcache_shard" not in job_counts(proc.stdout) and "--kd-teacher-cache" not in proc.stdout
+    assert "--kd-topk 0" in train_commands(proc.stdout)["student_word_kd_a0.5_t1"]
+
+    bad = tmp_path / "bad"
+    proc = snakemake(bad, "-n", "students", config=write_config(bad, {"students": {"kd_topk": 0}}), check=False)
+    assert proc.returncode != 0 and "ConfigError" in proc.stdout
+    assert "config students.kd_cache: true needs students.kd_topk > 0" in proc.stdout
+    assert not (bad / "work").exists()
+    # no word-KD student: kd_topk 0 with the cache on is no error
+    snakemake(bad, "-n", "students", config=write_config(bad, {"students": {"kd_topk": 0, "variants": ["baseline"]}}))
+
+
+def test_snakefile_builds_the_cache_and_a_killed_shard_job_is_redone_alone(smoke_data, tiny_teacher, tmp_path):
+    work = tmp_path / "run"
+    shutil.copytree(smoke_data / "work" / "data", work / "work" / "data")  # (mtimes kept: the data is not redone)
+    (work / "work" / "models" / "teacher").mkdir(parents=True)
+    shutil.copy(tiny_teacher, work / "work" / "models" / "teacher" / "model.pt")
+    config = write_config(work)
+    target = "work/kdcache/reference/cache.json"
+    proc = snakemake(work, target, config=config)
+    assert job_counts(proc.stdout) == {"kdcache_shard": 4, "kdcache_index": 1}, proc.stdout[-3000:]
+    cache = work / "work" / "kdcache" / "reference"
+    reader = store.TeacherCache(cache)
+    assert reader.topk == 8 and reader.shards == 2 and set(reader.splits) == {"train", "valid"}
+    reader.check(work / "work" / "models" / "teacher" / "model.pt", work / "work" / "data" / "bin")
+
+    # a shard job killed mid-way (so the index never ran): Snakemake removes the job's output, its
+    # temporary directory may stay
+    (cache / "cache.json").unlink()
+    lost = store.shard_path(cache, "valid", 1, 2)
+    shutil.rmtree(lost)
+    (lost.parent / f".{lost.name}.abc123").mkdir()
+    kept = {p: p.stat().st_ino for p in cache.glob("*/shard*/index.npy")}
+    proc = snakemake(work, target, config=config)
+    assert job_counts(proc.stdout) == {"kdcache_shard": 1, "kdcache_index": 1}, proc.stdout[-3000:]
+    assert {p: p.stat().st_ino for p in kept} == kept
+    assert lost.is_dir() and not list(lost.parent.glob(".*"))

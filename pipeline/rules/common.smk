@@ -103,6 +103,18 @@ DISTILL_ID_WIDTH = max(3, len(str(DISTILL_SHARDS - 1)))
 DISTILL_SHARD_IDS = [f"{i:0{DISTILL_ID_WIDTH}d}" for i in range(DISTILL_SHARDS)]
 DISTILL_SHARD = f"work/distill/shards/shard{{shard}}-of-{DISTILL_SHARDS:0{DISTILL_ID_WIDTH}d}.jsonl"
 
+# Teacher caches (pipeline.kdcache): the teacher's top-K per target token of a word-KD student's training
+# data, one cache per data directory (reference: work/data/bin, distilled: work/distill/bin), each split
+# (fairseq's train and valid) in students.kd_cache_shards shard directories, then cache.json.
+KD_CACHE = STUDENTS_CFG["kd_cache"]
+KDCACHE_SHARDS = STUDENTS_CFG["kd_cache_shards"]
+KDCACHE_ID_WIDTH = max(3, len(str(KDCACHE_SHARDS - 1)))
+KDCACHE_SHARD_IDS = [f"{i:0{KDCACHE_ID_WIDTH}d}" for i in range(KDCACHE_SHARDS)]
+KDCACHE_SPLITS = ["train", "valid"]  # fairseq's names: the criterion reads train in training, valid in validation
+KDCACHE_DIR = "work/kdcache/{targets}"
+KDCACHE_SHARD = KDCACHE_DIR + f"/{{split}}/shard{{shard}}-of-{KDCACHE_SHARDS:0{KDCACHE_ID_WIDTH}d}"  # a directory
+KDCACHE_INDEX = KDCACHE_DIR + "/cache.json"
+
 # ---------------------------------------------------------------------------------------------------
 # Model roster: the teacher, then one student per variant (x alpha x temperature for word-KD)
 
@@ -116,6 +128,13 @@ USES_DISTILLATION = any(MODELS[name].targets == "distilled" for name in STUDENTS
 def train_data_dir(name):
     """The binarised data a model trains on: the distilled corpus or the references."""
     return DISTILL_BIN if MODELS[name].targets == "distilled" else BIN_DIR
+
+
+def kdcache_dir(name):
+    """The teacher cache a model trains with (word-KD students when students.kd_cache is on), else None."""
+    if not (KD_CACHE and MODELS[name].uses_teacher):
+        return None
+    return KDCACHE_DIR.format(targets=MODELS[name].targets)
 
 
 def model_targets(names):
@@ -175,6 +194,9 @@ if DISTILL_CFG["nbest"] > DISTILL_CFG["beam"]:
     raise ConfigError(f"config distill.nbest ({DISTILL_CFG['nbest']}) must not exceed distill.beam ({DISTILL_CFG['beam']})")
 if DISTILL_CFG["max_tokens"] is None and DISTILL_CFG["batch_size"] is None:
     raise ConfigError("config distill: set max_tokens or batch_size (or both)")
+if KD_CACHE and STUDENTS_CFG["kd_topk"] == 0 and any(MODELS[name].uses_teacher for name in STUDENTS):
+    raise ConfigError("config students.kd_cache: true needs students.kd_topk > 0 (the cache holds the teacher's top-K "
+                      "tokens); for the full-vocabulary KL (kd_topk: 0) set students.kd_cache: false (the teacher runs online)")
 if DATA_CFG["source"] == "files":
     for _split in SPLITS:
         if _split not in DATA_CFG["files"]:

@@ -15,6 +15,8 @@ def train_inputs(wildcards):
     inputs = {"dicts": dict_files(data), "train": split_files(data, "train", exts=("bin",))}
     if spec.uses_teacher:
         inputs["teacher"] = TEACHER_MODEL
+    if kdcache_dir(spec.name):
+        inputs["kdcache"] = KDCACHE_INDEX.format(targets=spec.targets)
     return inputs
 
 
@@ -30,7 +32,7 @@ def train_command(wildcards):
         f"--best-metric {t['best_metric']} --average-last {t['average_last']}",
         "--fp16" if t["fp16"] else "",
     ]
-    fairseq = fairseq_train_args(spec, TEACHER_MODEL, STUDENTS_CFG["kd_topk"])
+    fairseq = fairseq_train_args(spec, TEACHER_MODEL, STUDENTS_CFG["kd_topk"], kdcache_dir(spec.name))
     return " ".join(wrapper) + " -- " + " ".join(shlex.quote(a) for a in fairseq)
 
 

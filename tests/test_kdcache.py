@@ -332,3 +332,15 @@ def test_snakefile_builds_the_cache_and_a_killed_shard_job_is_redone_alone(smoke
     assert job_counts(proc.stdout) == {"kdcache_shard": 1, "kdcache_index": 1}, proc.stdout[-3000:]
     assert {p: p.stat().st_ino for p in kept} == kept
     assert lost.is_dir() and not list(lost.parent.glob(".*"))
+
+
+def test_fairseq_train_and_validate_with_the_cache(cache_dir, bin_dir, tiny_teacher, tmp_path):
+    """fairseq-train --kd-teacher-cache: train steps read the train split, validation the valid split."""
+    from test_word_kd import fairseq_cli, kd_train_args, logged
+
+    args = kd_train_args(bin_dir, tmp_path / "student", tiny_teacher, max_update=6)
+    args = [a for a in args if a != "--disable-validation"]
+    args[args.index("--kd-topk") + 1] = str(TOPK)
+    log = fairseq_cli("fairseq_cli.train", *args, "--kd-teacher-cache", str(cache_dir), cwd=tmp_path)
+    assert "not loaded" in log and len(logged(log, "kl_loss")) == 2, log[-3000:]
+    assert re.search(r"valid on 'valid' subset .*kl_loss", log), log[-3000:]

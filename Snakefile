@@ -26,6 +26,7 @@ include: "pipeline/rules/common.smk"  # first: paths, models, config accessors, 
 include: "pipeline/rules/data.smk"
 include: "pipeline/rules/teacher.smk"
 include: "pipeline/rules/distill.smk"
+include: "pipeline/rules/kdcache.smk"
 include: "pipeline/rules/students.smk"
 include: "pipeline/rules/ct2.smk"
 include: "pipeline/rules/evaluate.smk"

@@ -150,8 +150,12 @@ def extra_args(options: dict) -> list[str]:
     return args
 
 
-def fairseq_train_args(spec: ModelSpec, teacher_checkpoint: str, kd_topk: int = 0) -> list[str]:
-    """fairseq-train options from the spec's training settings (the architecture comes from its preset)."""
+def fairseq_train_args(spec: ModelSpec, teacher_checkpoint: str, kd_topk: int = 0, kd_cache: str | None = None) -> list[str]:
+    """fairseq-train options from the spec's training settings (the architecture comes from its preset).
+
+    kd_cache: a word-KD student reads the teacher's top-K from this cache directory (pipeline.kdcache)
+    instead of running the teacher; the teacher's checkpoint is still named, for the cache's guard.
+    """
     t = spec.train
     args = [
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", str(t["clip_norm"]),
@@ -171,6 +175,8 @@ def fairseq_train_args(spec: ModelSpec, teacher_checkpoint: str, kd_topk: int = 
     if spec.uses_teacher:
         args += ["--teacher-path", teacher_checkpoint, "--kd-alpha", str(spec.alpha),
                  "--kd-temperature", str(spec.temperature), "--kd-topk", str(kd_topk)]
+        if kd_cache:
+            args += ["--kd-teacher-cache", kd_cache]
     return args + extra_args(t["extra_args"])
 
 

@@ -197,6 +197,7 @@ def test_cli_registers_word_kd_with_the_documented_defaults(tmp_path):
     assert args.criterion == "word_kd"
     assert (args.kd_alpha, args.kd_temperature, args.kd_topk, args.label_smoothing) == (0.5, 1.0, 0, 0.0)
     assert args.teacher_path == "a.pt:b.pt"
+    assert args.kd_teacher_cache == ""  # the teacher runs online unless a cache is given
 
 
 def test_alpha_one_reproduces_label_smoothed_cross_entropy(fairseq_setup, tiny_teacher):
@@ -421,6 +422,10 @@ def test_benchmark_script_runs(capsys):
     assert set(results["ratios"]) == {"kd"} and results["ratios"]["kd"] > 0
     out = capsys.readouterr().out
     assert "ratio kd" in out and "peak" in out
+    # the cached teacher beside the online top-8, each as a ratio to the CE step
+    results = bench.main([*argv[:-1], "ce,kd_top8,kd_cache8"])
+    assert set(results["ratios_to_ce"]) == {"kd_top8", "kd_cache8"} and results["ratios_to_ce"]["kd_cache8"] > 0
+    assert "goal cached word-KD / CE <= 1.10" in capsys.readouterr().out
 
 
 def test_topk_above_the_vocabulary_warns_and_keeps_the_whole_distribution(fairseq_setup, tiny_teacher, caplog):

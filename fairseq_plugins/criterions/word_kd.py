@@ -20,6 +20,12 @@ Design (see also fairseq's ``label_smoothed_cross_entropy``, whose loss this rep
 * Teacher probabilities are computed in place in the teacher's logits buffer when it is float32.
   With ``--kd-topk K`` a single teacher's top-K is taken on the logits (no softmax over the vocabulary):
   the softmax of the K kept logits is exactly the top-K probabilities renormalised per token.
+* With ``--kd-teacher-cache DIR`` (built by ``python -m pipeline.kdcache``) no teacher is loaded: the
+  teacher's top-K token ids and log-probabilities per target token are read by sample id (the train
+  split while the criterion is in training mode, valid in eval mode) and the distribution at T is
+  softmax(logprob / T) over the K tokens, what the online ``--kd-topk K`` path computes (log-probabilities
+  are the logits shifted per token, which the softmax cancels). The cache must have been made for the
+  ``--teacher-path`` checkpoint, the task's dictionaries and its training data: anything else is refused.
 """
 
 import logging
@@ -68,6 +74,14 @@ class WordKDConfig(FairseqDataclass):
         metadata={
             "help": "keep the teacher's top-K probabilities per token, renormalised per token, and compute "
             "the KL over them (0: the full vocabulary)"
+        },
+    )
+    kd_teacher_cache: str = field(
+        default="",
+        metadata={
+            "help": "directory of cached teacher top-K distributions (python -m pipeline.kdcache): read them "
+            "by sample id instead of running the teacher; needs --kd-topk K > 0 (at most the cache's K) and "
+            "one --teacher-path, the checkpoint the cache was made with"
         },
     )
     label_smoothing: float = field(
@@ -247,6 +261,19 @@ def teacher_distribution(logits: list[torch.Tensor], temperature: float = 1.0, t
     return probs, None, negent, None
 
 
+@torch.no_grad()
+def cached_distribution(index: torch.Tensor, logprob: torch.Tensor, temperature: float = 1.0):
+    """:func:`teacher_distribution`'s ``(probs, index, negent, workspace)`` from cached top-K log-probabilities.
+
+    ``logprob`` (N, K), any float dtype, are the teacher's log-probabilities at T = 1 of the tokens ``index``
+    (N, K); like the online top-K path, the distribution is softmax(logprob / T) over the K tokens.
+    """
+    logp = torch.log_softmax(logprob.float() * (1.0 / temperature), dim=-1)
+    probs = logp.exp()
+    negent = (probs * logp).sum(-1)
+    return probs, index, negent, None
+
+
 def _scaled_logsumexp(lprobs: torch.Tensor, scale: float) -> torch.Tensor:
     """Row logsumexp(lprobs * scale) of log-probabilities (torch.logsumexp is about 4x slower on CPU).
 
@@ -384,6 +411,7 @@ class WordKDCriterion(FairseqCriterion):
         kd_temperature=1.0,
         kd_topk=0,
         label_smoothing=0.0,
+        kd_teacher_cache="",
     ):
         super().__init__(task)
         if not 0.0 <= kd_alpha <= 1.0:
@@ -411,13 +439,75 @@ class WordKDCriterion(FairseqCriterion):
         for path in paths:  # fail on any missing teacher before loading the others
             if not PathManager.exists(path):
                 raise FileNotFoundError(f"word_kd: teacher checkpoint not found: {path}")
+        self.cache = None
+        if kd_teacher_cache and self.alpha < 1:
+            self.cache = self._open_cache(task, kd_teacher_cache, paths)
         # A plain list: nn.Module does not register modules held in a list, so the teachers stay out of
         # parameters(), state_dict(), .to()/.half() and DDP.
-        self._teachers: list[torch.nn.Module] = [load_teacher(p, task) for p in paths]
+        self._teachers: list[torch.nn.Module] = [] if self.cache else [load_teacher(p, task) for p in paths]
         self._teacher_placement = None
-        if paths:
+        if self._teachers:
             sizes = [count_parameters(t) for t in self._teachers]
             logger.info(f"word_kd: {len(paths)} teacher(s) {paths} ({sizes} parameters, outside the criterion)")
+
+    def _open_cache(self, task, cache_dir: str, paths: list[str]):
+        """The cache reader, after checking it fits: K, one teacher, the teacher, dictionaries and data."""
+        from pipeline.kdcache.store import TeacherCache
+
+        if self.topk <= 0:
+            raise ValueError(
+                f"word_kd: --kd-teacher-cache {cache_dir} holds the teacher's top-K tokens: set --kd-topk K > 0 "
+                "(--kd-topk 0, the full vocabulary, runs the teacher online: drop --kd-teacher-cache)"
+            )
+        if len(paths) != 1:
+            raise ValueError(
+                f"word_kd: --kd-teacher-cache needs the one --teacher-path it was made with (got {len(paths)}: "
+                f"{':'.join(paths) or 'none'}); ensembles run online"
+            )
+        data = utils.split_paths(_task_cfg(task).data)
+        if len(data) != 1:
+            raise ValueError(f"word_kd: --kd-teacher-cache supports one data directory, got {_task_cfg(task).data!r}")
+        cache = TeacherCache(cache_dir)
+        if self.topk > cache.topk:
+            raise ValueError(
+                f"word_kd: --kd-topk {self.topk} exceeds the top-{cache.topk} stored in the teacher cache {cache_dir}"
+            )
+        if cache.vocab != len(task.target_dictionary):
+            raise ValueError(
+                f"word_kd: teacher cache {cache_dir} has a {cache.vocab}-entry vocabulary, the task's target "
+                f"dictionary {len(task.target_dictionary)}"
+            )
+        cache.check(paths[0], data[0])  # StaleCacheError naming what differs
+        logger.info(
+            f"word_kd: teacher distributions from the cache {cache_dir} (top-{self.topk} of its top-{cache.topk}; "
+            f"splits {', '.join(cache.splits)}); teacher {paths[0]} not loaded"
+        )
+        return cache
+
+    @torch.no_grad()
+    def cached_forward(self, sample):
+        """Teacher distribution for the sample's target positions, read from the cache by sample id."""
+        split = "train" if self.training else "valid"
+        target = sample["target"]
+        keep = target.ne(self.padding_idx)
+        ids = sample["id"].cpu().numpy()
+        index, logprob, lengths = self.cache.lookup(split, ids, self.topk)
+        found = keep.sum(1).cpu().numpy()
+        if (lengths != found).any():
+            bad = int((lengths != found).nonzero()[0][0])
+            raise ValueError(
+                f"word_kd: teacher cache {self.cache.dir} does not match the batch: split '{split}' sentence "
+                f"{int(ids[bad])} has {int(found[bad])} target tokens, the cache {int(lengths[bad])} (a cache of "
+                "other data, or a validation subset other than 'valid')"
+            )
+        n, k = target.numel(), self.topk
+        full_index = torch.zeros((n, k), dtype=torch.long)
+        full_logprob = torch.zeros((n, k), dtype=torch.float16)  # padding rows: any finite distribution
+        rows = keep.view(-1).cpu()
+        full_index[rows] = torch.from_numpy(index)
+        full_logprob[rows] = torch.from_numpy(logprob)
+        device = target.device
+        return cached_distribution(full_index.to(device), full_logprob.to(device), self.temperature)
 
     @property
     def teachers(self) -> list[torch.nn.Module]:
@@ -457,7 +547,10 @@ class WordKDCriterion(FairseqCriterion):
         """
         use_teacher = self.alpha < 1 and len(self._teachers) > 0
         # the teacher first: its activations are freed before the student's are built
-        teacher = self.teacher_forward(model, sample) if use_teacher else None
+        if self.cache is not None:
+            teacher = self.cached_forward(sample)
+        else:
+            teacher = self.teacher_forward(model, sample) if use_teacher else None
         net_output = model(**sample["net_input"])
         loss, nll_loss, ce_loss, kl_loss = self.compute_loss(model, net_output, sample, teacher, reduce=reduce)
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]

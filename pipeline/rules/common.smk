@@ -105,6 +105,18 @@ DISTILL_ID_WIDTH = max(3, len(str(DISTILL_SHARDS - 1)))
 DISTILL_SHARD_IDS = [f"{i:0{DISTILL_ID_WIDTH}d}" for i in range(DISTILL_SHARDS)]
 DISTILL_SHARD = f"work/distill/shards/shard{{shard}}-of-{DISTILL_SHARDS:0{DISTILL_ID_WIDTH}d}.jsonl"
 
+# Teacher caches (pipeline.kdcache): the teacher's top-K per target token of a word-KD student's training
+# data, one cache per data directory (reference: work/data/bin, distilled: work/distill/bin), each split
+# (fairseq's train and valid) in students.kd_cache_shards shard directories, then cache.json.
+KD_CACHE = STUDENTS_CFG["kd_cache"]  # one teacher's distributions: an ensemble's students run the members online
+KDCACHE_SHARDS = STUDENTS_CFG["kd_cache_shards"]
+KDCACHE_ID_WIDTH = max(3, len(str(KDCACHE_SHARDS - 1)))
+KDCACHE_SHARD_IDS = [f"{i:0{KDCACHE_ID_WIDTH}d}" for i in range(KDCACHE_SHARDS)]
+KDCACHE_SPLITS = ["train", "valid"]  # fairseq's names: the criterion reads train in training, valid in validation
+KDCACHE_DIR = "work/kdcache/{targets}"
+KDCACHE_SHARD = KDCACHE_DIR + f"/{{split}}/shard{{shard}}-of-{KDCACHE_SHARDS:0{KDCACHE_ID_WIDTH}d}"  # a directory
+KDCACHE_INDEX = KDCACHE_DIR + "/cache.json"
+
 # ---------------------------------------------------------------------------------------------------
 # Model roster: the teacher, then one student per variant (x alpha x temperature for word-KD) and per
 # seed of students.seeds (names end in _s<seed> only when there are several; spec.json records it)
@@ -148,6 +160,13 @@ ENSEMBLE_EVALUATED = [ENSEMBLE] if IS_ENSEMBLE else []  # the ensemble's evaluat
 def train_data_dir(name):
     """The binarised data a model trains on: the distilled corpus or the references."""
     return DISTILL_BIN if MODELS[name].targets == "distilled" else BIN_DIR
+
+
+def kdcache_dir(name):
+    """The teacher cache a model trains with (word-KD students when students.kd_cache is on), else None."""
+    if not (KD_CACHE and not IS_ENSEMBLE and MODELS[name].uses_teacher):  # an ensemble's KL runs online
+        return None
+    return KDCACHE_DIR.format(targets=MODELS[name].targets)
 
 
 def model_targets(names):
@@ -222,6 +241,9 @@ if DISTILL_CFG["nbest"] > DISTILL_CFG["beam"]:
     raise ConfigError(f"config distill.nbest ({DISTILL_CFG['nbest']}) must not exceed distill.beam ({DISTILL_CFG['beam']})")
 if DISTILL_CFG["max_tokens"] is None and DISTILL_CFG["batch_size"] is None:
     raise ConfigError("config distill: set max_tokens or batch_size (or both)")
+if KD_CACHE and not IS_ENSEMBLE and STUDENTS_CFG["kd_topk"] == 0 and any(MODELS[name].uses_teacher for name in STUDENTS):
+    raise ConfigError("config students.kd_cache: true needs students.kd_topk > 0 (the cache holds the teacher's top-K "
+                      "tokens); for the full-vocabulary KL (kd_topk: 0) set students.kd_cache: false (the teacher runs online)")
 if DATA_CFG["source"] == "files":
     for _split in SPLITS:
         if _split not in DATA_CFG["files"]:

@@ -20,6 +20,8 @@ def train_inputs(wildcards):
     inputs = {"dicts": dict_files(data), "train": split_files(data, "train", exts=("bin",))}
     if spec.uses_teacher:
         inputs["teacher"] = TEACHER_MODELS  # every member of an ensemble
+    if kdcache_dir(spec.name):
+        inputs["kdcache"] = KDCACHE_INDEX.format(targets=spec.targets)
     return inputs
 
 
@@ -36,7 +38,7 @@ def train_command(wildcards):
         "--fp16" if t["fp16"] else "",
         *train_args(TRAIN_TOPOLOGY),  # nothing for one task
     ]
-    fairseq = fairseq_train_args(spec, TEACHER_PATHS, STUDENTS_CFG["kd_topk"])
+    fairseq = fairseq_train_args(spec, TEACHER_PATHS, STUDENTS_CFG["kd_topk"], kdcache_dir(spec.name))
     fairseq += ["--tensorboard-logdir", TB_DIR.format(model=spec.name)]  # live curves (needs the tensorboard package)
     return " ".join(wrapper) + " -- " + " ".join(shlex.quote(a) for a in fairseq)
 

@@ -1,0 +1,68 @@
+# Teacher caches for word-level KD (pipeline.kdcache): the teacher runs once over a word-KD student's
+# training data (the references, or the distilled corpus) and stores its top-K (students.kd_topk) token
+# ids and log-probabilities per target token; the word_kd criterion reads them by sample id
+# (--kd-teacher-cache) instead of running the teacher in every step. One job per shard and split
+# (a killed run redoes only the shards without a finished directory), then an index step that checks
+# every shard was made for the current teacher, dictionaries and data and writes cache.json.
+# Settings: students.kd_cache, kd_topk, kd_cache_shards; compute: resources.kdcache per shard job.
+
+KDCACHE_DATA = {"reference": BIN_DIR, "distilled": DISTILL_BIN}
+KDCACHE_SPLIT_NAMES = {"train": "train", "valid": "dev"}  # fairseq split -> our split (split_files)
+KDCACHE_SPLITS_ARG = ",".join(KDCACHE_SPLITS)
+
+
+def kdcache_shard_inputs(wildcards):
+    data = KDCACHE_DATA[wildcards.targets]
+    return {"teacher": TEACHER_MODEL, "dicts": dict_files(data),
+            "split": split_files(data, KDCACHE_SPLIT_NAMES[wildcards.split])}
+
+
+rule kdcache_shard:
+    input:
+        unpack(kdcache_shard_inputs),
+    output:
+        directory(KDCACHE_SHARD),
+    wildcard_constraints:
+        targets="reference|distilled",
+        split="train|valid",
+        shard=rf"\d{{{KDCACHE_ID_WIDTH}}}",
+    params:
+        data=lambda wildcards: KDCACHE_DATA[wildcards.targets],
+        cache=lambda wildcards: KDCACHE_DIR.format(targets=wildcards.targets),
+        topk=STUDENTS_CFG["kd_topk"],  # a new K rebuilds the cache
+    log:
+        "logs/kdcache/{targets}.{split}.shard{shard}.log",
+    benchmark:
+        "benchmarks/kdcache/{targets}.{split}.shard{shard}.tsv"
+    threads: res("kdcache")["threads"]
+    resources:
+        mem_mb=res("kdcache")["mem_mb"],
+        runtime=res("kdcache")["runtime"],
+        gpu=res("kdcache")["gpus"],
+    shell:
+        "export OMP_NUM_THREADS={threads}; "
+        "{PY} -m pipeline.devices --gpus {resources.gpu} --"
+        " {PY} -m pipeline.kdcache shard --teacher {input.teacher} --data {params.data} --cache {params.cache}"
+        " --split {wildcards.split} --shard {wildcards.shard} --num-shards {KDCACHE_SHARDS} --topk {params.topk}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule kdcache_index:
+    input:
+        shards=lambda wildcards: expand(KDCACHE_SHARD, targets=wildcards.targets, split=KDCACHE_SPLITS,
+                                        shard=KDCACHE_SHARD_IDS),
+        teacher=TEACHER_MODEL,
+    output:
+        KDCACHE_INDEX,
+    wildcard_constraints:
+        targets="reference|distilled",
+    params:
+        data=lambda wildcards: KDCACHE_DATA[wildcards.targets],
+        cache=lambda wildcards: KDCACHE_DIR.format(targets=wildcards.targets),
+    log:
+        "logs/kdcache/{targets}.index.log",
+    localrule: True  # reads the shards' metadata and hashes the inputs: no cluster job
+    shell:
+        "{PY} -m pipeline.kdcache index --teacher {input.teacher} --data {params.data} --cache {params.cache}"
+        " --num-shards {KDCACHE_SHARDS} --splits {KDCACHE_SPLITS_ARG} > {log} 2>&1"
+

@@ -31,7 +31,6 @@ Design (see also fairseq's ``label_smoothed_cross_entropy``, whose loss this rep
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass, field
 
 import torch
@@ -41,6 +40,8 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.file_io import PathManager
 from omegaconf import II
+
+from pipeline.model_size import count_parameters  # the repository root is on sys.path (fairseq's --user-dir)
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +96,6 @@ class WordKDConfig(FairseqDataclass):
 # --------------------------------------------------------------------------------------------------
 # Teacher loading
 
-
-_FASTPATH_COPY = re.compile(r"layers\.\d+\.(in_proj|out_proj|fc1|fc2)_(weight|bias)$")
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Real parameters: fairseq 0.12.2's encoder layers also register copies for an inference fast path."""
-    return sum(p.numel() for name, p in model.named_parameters() if not _FASTPATH_COPY.search(name))
 
 
 def _task_cfg(task):
@@ -447,7 +441,7 @@ class WordKDCriterion(FairseqCriterion):
         self._teachers: list[torch.nn.Module] = [] if self.cache else [load_teacher(p, task) for p in paths]
         self._teacher_placement = None
         if self._teachers:
-            sizes = [count_parameters(t) for t in self._teachers]
+            sizes = [count_parameters(t)["parameters"] for t in self._teachers]
             logger.info(f"word_kd: {len(paths)} teacher(s) {paths} ({sizes} parameters, outside the criterion)")
 
     def _open_cache(self, task, cache_dir: str, paths: list[str]):

@@ -3,6 +3,7 @@
     python -m pipeline.report --evals results/eval/*/test.json --curves results/train/*.jsonl \
         --csv results/summary.csv --md results/summary.md --plots results/plots \
         [--ct2-evals results/eval/*/test.ct2-*.json --ct2-csv results/summary_ct2.csv]
+        [--distill-stats results/distill/stats.json]
 
 BLEU/chrF are beam-search scores on the evaluation set given; speeds are sentences per second.
 Each evaluation carries its model's spec.json (key "spec", written by the workflow beside model.pt):
@@ -11,6 +12,9 @@ teacher (by variant) when those models are present.
 CTranslate2 evaluations (evaluate.backends) add a second table and their points in the speed plot:
 per model and compute type, BLEU and speed against the same model under fairseq (what quantisation
 costs and buys) and the speed-up against the fairseq teacher.
+Students on distilled targets (spec "targets": "distilled") show the distillation's fallback share
+(results/distill/stats.json "fallback_share": pairs whose target the filters replaced by the reference
+or dropped): a student with a high share learnt mostly the references.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ TEACHER, BASELINE = "teacher", "baseline"  # variants (spec.json): the rows the 
 COLUMNS = [
     "model", "variant", "alpha", "temperature", "bleu", "chrf", "bleu_greedy", "delta_bleu_vs_baseline",
     "delta_bleu_vs_teacher", "parameters", "size_mb", "sent_per_s_greedy", "sent_per_s_beam", "speedup_vs_teacher",
+    "fallback_share",
 ]
 CT2_COLUMNS = [
     "model", "compute_type", "runs_as", "vmap", "bleu", "chrf", "bleu_greedy", "delta_bleu_vs_fairseq", "sent_per_s_greedy",
@@ -70,6 +75,7 @@ def load_row(path: Path) -> dict:
         "sent_per_s_beam": result["beam"]["speed"]["sentences_per_s"],
         "signature": result["beam"]["bleu"]["signature"],
         "set": result["set"],
+        "targets": result["spec"].get("targets"),
     }
 
 
@@ -125,6 +131,20 @@ def summarize(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["variant"] != TEACHER, r["model"]))
 
 
+def add_fallback_share(rows: list[dict], stats_path: Path | None) -> None:
+    """fallback_share of the distillation (results/distill/stats.json) on the rows of students on distilled targets."""
+    share = None
+    if stats_path is not None:
+        try:
+            share = json.loads(stats_path.read_text(encoding="utf-8"))["fallback_share"]
+        except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
+            raise DataError(f"{stats_path}: no fallback_share of pipeline.distill.merge ({type(err).__name__}: {err})") from None
+    elif any(r["targets"] == "distilled" for r in rows):
+        log.warning("students on distilled targets, but no --distill-stats: their fallback share is left empty")
+    for r in rows:
+        r["fallback_share"] = share if r["targets"] == "distilled" else None
+
+
 def fmt(value, digits: int = 2) -> str:
     if value is None:
         return "–"
@@ -135,14 +155,15 @@ def fmt(value, digits: int = 2) -> str:
 
 def markdown(rows: list[dict]) -> list[str]:
     head = ["model", "BLEU", "chrF", "BLEU greedy", "Δ BLEU vs baseline", "Δ BLEU vs teacher", "parameters",
-            "size (MB)", "sent/s greedy", "sent/s beam", "speed-up vs teacher (beam)"]
+            "size (MB)", "sent/s greedy", "sent/s beam", "speed-up vs teacher (beam)", "distillation fallback"]
     lines = [f"Evaluation set: {rows[0]['set']}; BLEU/chrF with beam search. BLEU signature: `{rows[0]['signature']}`",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         delta = [None if r[k] is None else f"{r[k]:+.2f}" for k in ("delta_bleu_vs_baseline", "delta_bleu_vs_teacher")]
         cells = [r["model"], fmt(r["bleu"]), fmt(r["chrf"]), fmt(r["bleu_greedy"]), fmt(delta[0]), fmt(delta[1]),
                  fmt(r["parameters"]), fmt(r["size_mb"], 1), fmt(r["sent_per_s_greedy"], 1),
-                 fmt(r["sent_per_s_beam"], 1), fmt(r["speedup_vs_teacher"]) + ("×" if r["speedup_vs_teacher"] else "")]
+                 fmt(r["sent_per_s_beam"], 1), fmt(r["speedup_vs_teacher"]) + ("×" if r["speedup_vs_teacher"] else ""),
+                 fmt(None if r["fallback_share"] is None else f"{r['fallback_share']:.1%}")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -274,8 +295,10 @@ def main() -> None:
     parser.add_argument("--ct2-evals", type=Path, nargs="*", default=[],
                         help="CTranslate2 evaluation JSON files (results/eval/<model>/<set>.ct2-<type>.json)")
     parser.add_argument("--ct2-csv", type=Path, help="their table as CSV (with --ct2-evals)")
+    parser.add_argument("--distill-stats", type=Path, help="results/distill/stats.json: the fallback share of distilled students")
     args = parser.parse_args()
     rows = summarize([load_row(p) for p in args.evals])
+    add_fallback_share(rows, args.distill_stats)
     ct2_rows = summarize_ct2([load_ct2_row(p) for p in args.ct2_evals], rows)
     write_csv(args.csv, COLUMNS, rows)
     write_lines(args.md, markdown(rows) + (markdown_ct2(ct2_rows) if ct2_rows else []))

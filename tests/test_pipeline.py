@@ -156,7 +156,7 @@ def test_gpu_config_plans_the_full_comparison(tmp_path: Path):
     # config/config.yaml's CPU-demo settings do not leak in (Snakemake merges the two files key by key)
     assert dry.count("--max-epoch 60") == 9 and "--max-epoch" not in dry.replace("--max-epoch 60", "")
     assert "--lr 0.0005" in dry and "--lr 0.002" not in dry and "--vocab-size 8000" in dry
-    assert "--backend ctranslate2" not in dry  # (the decoding jobs: planned once the index exists, below)
+    assert "pipeline.distill.decode_shard" not in dry  # planned once the index exists (the test below)
     assert "results/summary_ct2.csv" in dry and "--ct2-evals" in dry  # the report's CTranslate2 table
 
 

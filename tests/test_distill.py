@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SNAKEMAKE, snakemake, write_config
+import yaml
+from conftest import REPO, SNAKEMAKE, deep_merge, snakemake, write_config
 
 from pipeline.corpus import CorpusError, read_lines
 from pipeline.distill.assemble import distill
@@ -535,12 +536,15 @@ def test_kill_during_postprocessing_or_merge_then_rerun_gives_the_same_result(di
 def test_per_shard_path_matches_assemble_on_the_teachers_shards(distilled, tmp_path):
     """The Snakefile's per-shard path (shard index, post-processing per shard, merge) writes the same bytes as
     pipeline.distill.assemble, the whole-corpus reference, on the teacher's real shards (corpora, ids, statistics)."""
-    workdir, _ = distilled
+    workdir, config = distilled
     data = workdir / "work/data"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     filters = TEST_CONFIG["distill"]["filters"]
+    run_cfg = deep_merge(yaml.safe_load((REPO / "config/config.yaml").read_text()), yaml.safe_load(config.read_text()))
     options = ["--selection", "seq_inter", "--metric", "chrf", "--min-length-ratio", filters["min_length_ratio"],
-               "--max-length-ratio", filters["max_length_ratio"], "--max-repeat", filters["max_repeat"]]
+               "--max-length-ratio", filters["max_length_ratio"], "--max-repeat", filters["max_repeat"],
+               "--max-fallback-share", run_cfg["distill"]["max_fallback_share"],  # recorded in the statistics
+               "--fail-fallback-share", run_cfg["distill"]["fail_fallback_share"]]
     out = tmp_path / "assembled"
     args = ["--shards", *(workdir / "work/distill/shards" / name for name in SHARDS), "--num-shards", 3,
             "--ids", data / "clean/train.ids", "--src-spm", data / "spm/train.de", "--ref-spm", data / "spm/train.en",

@@ -3,6 +3,7 @@
     python -m pipeline.report --evals results/eval/*/*.json --set test --curves results/train/*.jsonl \
         --csv results/summary.csv --best-csv results/summary_best.csv --md results/summary.md \
         --plots results/plots [--ct2-evals results/eval/*/*.ct2-*.json --ct2-csv results/summary_ct2.csv]
+        [--distill-stats results/distill/stats.json]
 
 BLEU/chrF are beam-search scores; speeds are sentences per second. Each evaluation carries its model's
 spec.json (key "spec", written by the workflow beside model.pt): variant, alpha, temperature and seed
@@ -20,6 +21,9 @@ seeds get the mean and sample standard deviation over the seeds of their (varian
 CTranslate2 evaluations (evaluate.backends) add a table and their points in the speed plot: per model,
 set and compute type, BLEU and speed against the same model under fairseq (what quantisation costs
 and buys) and the speed-up against the fairseq teacher.
+Students on distilled targets (spec "targets": "distilled") show the distillation's fallback share
+(results/distill/stats.json "fallback_share": pairs whose target the filters replaced by the reference
+or dropped): a student with a high share learnt mostly the references.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ COLUMNS = [
     "bleu_greedy", "delta_bleu_vs_baseline", "p_vs_baseline", "delta_bleu_vs_teacher", "p_vs_teacher", "baseline_model",
     "seeds", "bleu_mean_over_seeds", "bleu_sd_over_seeds", "chrf_mean_over_seeds", "chrf_sd_over_seeds", "chosen_on",
     "parameters", "size_mb", "sent_per_s_greedy", "sent_per_s_beam", "speedup_vs_teacher", "bootstrap_samples",
-    "bootstrap_seed",
+    "bootstrap_seed", "fallback_share",
 ]
 BEST_COLUMNS = [
     "variant", "model", "alpha", "temperature", "seed", "chosen_on", "chosen_on_bleu", "set", "bleu",
@@ -97,6 +101,7 @@ def load_row(path: Path) -> dict:
         "hypotheses": result["beam"].get("hypotheses"),  # what the paired bootstrap resamples
         "reference": result.get("reference"),
         "path": path,
+        "targets": spec.get("targets"),
     }
 
 
@@ -160,6 +165,20 @@ def reference_baseline(rows: list[dict], chosen: dict[str, dict]) -> str | None:
         return chosen[BASELINE]["model"]
     baselines = sorted((r for r in rows if r["variant"] == BASELINE), key=order_key)
     return baselines[0]["model"] if baselines else None
+
+
+def add_fallback_share(rows: list[dict], stats_path: Path | None) -> None:
+    """fallback_share of the distillation (results/distill/stats.json) on the rows of students on distilled targets."""
+    share = None
+    if stats_path is not None:
+        try:
+            share = json.loads(stats_path.read_text(encoding="utf-8"))["fallback_share"]
+        except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
+            raise DataError(f"{stats_path}: no fallback_share of pipeline.distill.merge ({type(err).__name__}: {err})") from None
+    elif any(r["targets"] == "distilled" for r in rows):
+        log.warning("students on distilled targets, but no --distill-stats: their fallback share is left empty")
+    for r in rows:
+        r["fallback_share"] = share if r["targets"] == "distilled" else None
 
 
 def summarize(rows: list[dict], baseline_model: str | None) -> list[dict]:
@@ -333,11 +352,12 @@ def markdown_best(best: list[dict], choose_on: str, report_set: str) -> list[str
 def markdown_set(rows: list[dict], role: str, note: str | None = None) -> list[str]:
     head = ["model", "BLEU", "95% CI", "chrF", "BLEU greedy", "Δ BLEU vs baseline", "p vs baseline",
             "Δ BLEU vs teacher", "p vs teacher", "parameters", "size (MB)", "sent/s greedy", "sent/s beam",
-            "speed-up vs teacher (beam)"]
+            "speed-up vs teacher (beam)", "distillation fallback"]
     body = [[r["model"], fmt(r["bleu"]), ci(r), fmt(r["chrf"]), fmt(r["bleu_greedy"]), signed(r["delta_bleu_vs_baseline"]),
              p_value(r["p_vs_baseline"]), signed(r["delta_bleu_vs_teacher"]), p_value(r["p_vs_teacher"]),
              fmt(r["parameters"]), fmt(r["size_mb"], 1), fmt(r["sent_per_s_greedy"], 1), fmt(r["sent_per_s_beam"], 1),
-             ratio(r["speedup_vs_teacher"])] for r in rows]
+             ratio(r["speedup_vs_teacher"]),
+             fmt(None if r["fallback_share"] is None else f"{r['fallback_share']:.1%}")] for r in rows]
     return [f"## {rows[0]['set']}{role}", "",
             f"Evaluation set: {rows[0]['set']}; BLEU/chrF with beam search. BLEU signature: `{rows[0]['signature']}`", "",
             *table(head, body), *([""] + [note] if note else []), *markdown_seeds(rows), ""]
@@ -510,6 +530,7 @@ def main() -> None:
     parser.add_argument("--ct2-evals", type=Path, nargs="*", default=[],
                         help="CTranslate2 evaluation JSON files (results/eval/<model>/<set>.ct2-<type>.json)")
     parser.add_argument("--ct2-csv", type=Path, help="their table as CSV (with --ct2-evals)")
+    parser.add_argument("--distill-stats", type=Path, help="results/distill/stats.json: the fallback share of distilled students")
     args = parser.parse_args()
     if args.bootstrap_samples < 1 or args.bootstrap_seed < 1:
         parser.error("--bootstrap-samples and --bootstrap-seed must be positive (sacreBLEU takes seed 0 for unseeded)")
@@ -517,6 +538,7 @@ def main() -> None:
     logging.getLogger("sacrebleu").setLevel(logging.WARNING)  # not two lines per model and test
 
     rows = [load_row(p) for p in args.evals]
+    add_fallback_share(rows, args.distill_stats)
     sets = by_set(rows)
     if args.report_set not in sets:
         raise DataError(f"--set {args.report_set}: no evaluation of that set among --evals (sets: {', '.join(sets)})")

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,11 @@ CLI_KEYS = [
     ("pipeline.distill.assemble", None, "max_repeat", "distill.filters.max_repeat", "same"),
     ("pipeline.distill.assemble", None, "max_repeat_ngram", "distill.filters.max_repeat_ngram", "same"),
     ("pipeline.distill.assemble", None, "on_filtered", "distill.filters.on_filtered", "same"),
+    ("pipeline.distill.postprocess", None, "metric", "distill.seq_inter_metric", "same"),
+    ("pipeline.distill.postprocess", None, "max_repeat", "distill.filters.max_repeat", "same"),
+    ("pipeline.distill.postprocess", None, "on_filtered", "distill.filters.on_filtered", "same"),
+    ("pipeline.distill.merge", None, "max_fallback_share", "distill.max_fallback_share", "same"),
+    ("pipeline.distill.merge", None, "fail_fallback_share", "distill.fail_fallback_share", "same"),
     ("pipeline.vmap", None, "frequent", "ct2.vmap.frequent", "same"),
     ("pipeline.vmap", None, "per_source", "ct2.vmap.per_source", "same"),
     ("pipeline.report", None, "report_set", "report.set", "same"),
@@ -212,20 +218,25 @@ def shard_commands(output: str) -> list[str]:
     return [line for line in output.splitlines() if "pipeline.distill.decode_shard" in line]
 
 
-def test_ctranslate2_distillation_carries_each_batch_flag_once(tmp_path: Path):
+def test_ctranslate2_distillation_carries_each_batch_flag_once(smoke_data: Path, tmp_path: Path):
     """Precedence: ct2.max_tokens / ct2.batch_size where set, else distill's own (each key on its own)."""
-    proc = dry_run(tmp_path / "ct2", {"distill": {"backend": "ctranslate2", "max_tokens": 2000}}, "distill", check=True)
+    # the decoding jobs are planned once the shard index (a checkpoint) exists: the smoke data, indexed for real
+    shutil.copytree(smoke_data, tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".snakemake"))
+    snakemake(tmp_path, "work/distill/index.json", config=write_config(tmp_path))
+    proc = dry_run(tmp_path, {"distill": {"backend": "ctranslate2", "max_tokens": 2000}}, "distill", check=True)
     commands = shard_commands(proc.stdout)
     assert len(commands) == 3
     for command in commands:
         assert command.count("--max-tokens") == 1 and "--max-tokens 1000" in command  # ct2.max_tokens
         assert command.count("--batch-size") == 1 and "--batch-size 8" in command
         assert "--compute-type cpu=int8,cuda=float16" in command
-    proc = dry_run(tmp_path / "own", {"distill": {"backend": "ctranslate2", "max_tokens": 2000},
-                                      "ct2": {"max_tokens": None, "batch_size": None}}, "distill", check=True)
+    proc = dry_run(tmp_path, {"distill": {"backend": "ctranslate2", "max_tokens": 2000},
+                              "ct2": {"max_tokens": None, "batch_size": None}}, "distill", check=True)
+    assert len(shard_commands(proc.stdout)) == 3
     for command in shard_commands(proc.stdout):
         assert command.count("--max-tokens") == 1 and "--max-tokens 2000" in command and "--batch-size" not in command
-    proc = dry_run(tmp_path / "fairseq", {"distill": {"max_tokens": 2000}}, "distill", check=True)
+    proc = dry_run(tmp_path, {"distill": {"max_tokens": 2000}}, "distill", check=True)
+    assert len(shard_commands(proc.stdout)) == 3
     for command in shard_commands(proc.stdout):  # fairseq: the stage's own, ct2.* unused
         assert command.count("--max-tokens") == 1 and "--max-tokens 2000" in command and "--batch-size" not in command
 

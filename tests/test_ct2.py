@@ -367,7 +367,8 @@ def distill_supports_backend() -> bool:
     return proc.returncode == 0 and "--backend" in proc.stdout
 
 
-DISTILL_RULES = ["ct2_convert", "distill_decode_shard", "distill_assemble", "distill_binarize", "distill"]
+DISTILL_RULES = ["ct2_convert", "distill_shard_index", "distill_decode_shard", "distill_postprocess", "distill_merge",
+                 "distill_binarize", "distill"]
 DISTILL_CONFIG = {
     "resources": {"distill": {"threads": 1, "gpus": 0}},
     "distill": {

@@ -275,11 +275,17 @@ def test_decode_shard_works_with_any_backend(monkeypatch, echo, data, tmp_path):
     from pipeline.distill import decode_shard
 
     monkeypatch.setattr(decode_shard, "backend_from_args", lambda args: echo)
-    out = tmp_path / "shard000-of-500.jsonl"
-    run_main(monkeypatch, decode_shard, ["--model", "echo", "--data", str(data / "bin"), "--source",
-                                         str(data / "spm" / "train.de"), "--ids", str(data / "clean" / "train.ids"),
-                                         "--shard", "0", "--num-shards", "500", "--out", str(out), "--beam", "3",
-                                         "--nbest", "2"])
+    from pipeline.distill.shard_index import build_index
+
+    files = {"ids": data / "clean" / "train.ids", "src_spm": data / "spm" / "train.de", "ref_spm": data / "spm" / "train.en",
+             "src_text": data / "clean" / "train.de", "ref_text": data / "clean" / "train.en"}
+    index = build_index(files, shard_size=4)
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    shards = str(index["shards"])
+    out = tmp_path / f"shard000-of-{shards}.jsonl"
+    run_main(monkeypatch, decode_shard, ["--model", "echo", "--data", str(data / "bin"), "--index",
+                                         str(tmp_path / "index.json"), "--shard", "0", "--num-shards", shards,
+                                         "--out", str(out), "--beam", "3", "--nbest", "2"])
     records = [json.loads(line) for line in read_lines(out)]
     source = read_lines(data / "spm" / "train.de")
     assert records and [r["hyps"][0]["text"] for r in records] == source[: len(records)]

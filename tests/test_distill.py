@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SNAKEMAKE, snakemake, write_config
+import yaml
+from conftest import REPO, SNAKEMAKE, deep_merge, snakemake, write_config
 
 from pipeline.corpus import CorpusError, read_lines
 from pipeline.distill.assemble import distill
@@ -158,16 +159,36 @@ def test_write_shard_is_atomic_and_verifies_its_count(tmp_path):
 
 
 def test_decode_shard_checks_its_inputs_before_loading_the_teacher(tmp_path):
-    (tmp_path / "train.de").write_text("▁a\n▁b\n▁c\n")
-    (tmp_path / "train.ids").write_text("0\n1\n")
-    cmd = [sys.executable, "-m", "pipeline.distill.decode_shard", "--model", str(tmp_path / "none.pt"),
-           "--data", str(tmp_path), "--source", str(tmp_path / "train.de"), "--ids", str(tmp_path / "train.ids"),
-           "--num-shards", "3", "--out", str(tmp_path / "out.jsonl")]
+    """decode_shard reads its range through the shard index; the index checks the corpus when it is made."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([*cmd, "--shard", "3"], capture_output=True, text=True, env=env)
-    assert proc.returncode == 2 and "--shard 3 outside 0..2" in proc.stderr
-    proc = subprocess.run([*cmd, "--shard", "0"], capture_output=True, text=True, env=env)
+    corpus = {"train.de": "▁a\n▁b\n▁c\n", "train.en": "▁x\n▁y\n▁z\n", "text.de": "a\nb\nc\n", "text.en": "x\ny\nz\n"}
+    for name, text in corpus.items():
+        (tmp_path / name).write_text(text)
+    index = tmp_path / "index.json"
+    make_index = [sys.executable, "-m", "pipeline.distill.shard_index", "--shard-size", "1",
+                  "--ids", str(tmp_path / "train.ids"), "--src-spm", str(tmp_path / "train.de"),
+                  "--ref-spm", str(tmp_path / "train.en"), "--src-text", str(tmp_path / "text.de"),
+                  "--ref-text", str(tmp_path / "text.en"), "--out", str(index)]
+    (tmp_path / "train.ids").write_text("0\n1\n")
+    proc = subprocess.run(make_index, capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "train.de: 3 lines, but" in proc.stderr and "has 2 ids" in proc.stderr
+    assert not index.exists()
+    (tmp_path / "train.ids").write_text("0\n1\n2\n")
+    subprocess.run(make_index, check=True, capture_output=True, env=env)
+
+    cmd = [sys.executable, "-m", "pipeline.distill.decode_shard", "--model", str(tmp_path / "none.pt"),
+           "--data", str(tmp_path), "--index", str(index), "--out", str(tmp_path / "out.jsonl")]
+    proc = subprocess.run([*cmd, "--num-shards", "3", "--shard", "3"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "--shard 3 outside 0..2" in proc.stderr
+    proc = subprocess.run([*cmd, "--num-shards", "2", "--shard", "0"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "the corpus has 3 shards" in proc.stderr and "this run has 2" in proc.stderr
+    (tmp_path / "train.de").write_text("▁a\n▁b\n")  # changed since the index was made
+    proc = subprocess.run([*cmd, "--num-shards", "3", "--shard", "0"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "train.de: 10 bytes, but the shard index" in proc.stderr, proc.stderr
+    assert "was made for 15: the file changed since, rebuild the index" in proc.stderr
+    (tmp_path / "train.de").write_text("▁a\n    \n▁c\n")  # the indexed size, but an empty source line
+    proc = subprocess.run([*cmd, "--num-shards", "3", "--shard", "1"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "train.de: line 2 (id 1): empty source in shard" in proc.stderr, proc.stderr
     assert not (tmp_path / "out.jsonl").exists()
 
 
@@ -286,12 +307,17 @@ def test_distill_refuses_records_out_of_order():
 # ------------------------------------------------------------------------------------------------
 # The stage through the real Snakefile
 
-DISTILL_RULES = ["distill_decode_shard", "distill_assemble", "distill_binarize", "distill"]
+DISTILL_RULES = ["distill_shard_index", "distill_decode_shard", "distill_postprocess", "distill_merge", "distill_binarize",
+                 "distill"]
 TEACHER = Path("work/models/teacher/model.pt")
 SHARDS = [f"shard{k:03d}-of-003.jsonl" for k in range(3)]
-# What a kill during decoding leaves missing besides unfinished shards: everything downstream.
+POSTPROCESSED = "work/distill/post"  # one directory per shard (distill_postprocess)
+# What a kill during decoding leaves missing besides unfinished shards and their post-processing: the merge
+# and everything after it.
 DOWNSTREAM = ["work/distill/train.de", "work/distill/train.en", "work/distill/train.ids", "work/distill/bin",
               "results/distill"]
+MERGED = ["work/distill/train.de", "work/distill/train.en", "work/distill/train.ids", "results/distill/train.de.txt",
+          "results/distill/train.en.txt", "results/distill/stats.json"]  # distill_merge's outputs
 # The tiny teacher loops on every sentence: short hypotheses keep decoding fast, and permissive
 # filters let its outputs through, so that the corpus really is the teacher's (not the fallback).
 TEST_CONFIG = {
@@ -403,8 +429,10 @@ def test_distilled_corpus_has_every_pair_in_order_and_is_binarised(distilled):
             for ext in ("bin", "idx"):
                 name = f"{split}.de-en.{lang}.{ext}"
                 assert (bin_dir / name).read_bytes() == (workdir / "work/data/bin" / name).read_bytes()
-    assert (workdir / "logs/distill/decode_shard001.log").exists()
-    assert (workdir / "benchmarks/distill/decode_shard001.tsv").exists()
+    assert (workdir / "logs/distill/decode_shard001-of-003.log").exists()
+    assert (workdir / "benchmarks/distill/decode_shard001-of-003.tsv").exists()
+    assert json.loads((workdir / "work/distill/index.json").read_text())["shards"] == 3  # distill.shard_size 700
+    assert sorted(p.name for p in (workdir / POSTPROCESSED).iterdir()) == [name.removesuffix(".jsonl") for name in SHARDS]
 
 
 @pytest.mark.slow
@@ -416,10 +444,11 @@ def test_deleted_shard_dry_run_lists_only_it_and_its_downstream_jobs(distilled):
     assert _job_counts(_snakemake_distill(workdir, "-n", config=config)) == {}
 
     (shard_dir / SHARDS[1]).unlink()
-    _remove(workdir, DOWNSTREAM)
+    _remove(workdir, [f"{POSTPROCESSED}/{SHARDS[1].removesuffix('.jsonl')}", *DOWNSTREAM])
     kept = _mtimes(shard_dir)
     dry = _snakemake_distill(workdir, "-n", config=config)
-    assert _job_counts(dry) == {"distill_decode_shard": 1, "distill_assemble": 1, "distill_binarize": 1, "distill": 1}, dry[-3000:]
+    assert _job_counts(dry) == {"distill_decode_shard": 1, "distill_postprocess": 1, "distill_merge": 1,
+                                "distill_binarize": 1, "distill": 1}, dry[-3000:]
     assert _planned_shards(dry) == [SHARDS[1]]
     assert _mtimes(shard_dir) == kept  # (the rerun itself: test_killed_run_resumes_...)
 
@@ -429,7 +458,7 @@ def test_killed_run_resumes_without_redoing_finished_shards(distilled):
     """SIGKILL to the whole run (a cluster time limit) while a later shard decodes."""
     workdir, config = distilled
     shard_dir = workdir / "work/distill/shards"
-    _remove(workdir, ["work/distill/shards", *DOWNSTREAM])
+    _remove(workdir, ["work/distill/shards", POSTPROCESSED, *DOWNSTREAM])
     log = workdir / "killed_run.log"
     with log.open("w") as out:  # one core: shards one after the other
         proc = subprocess.Popen(_distill_cmd(workdir, config=config, cores=1), cwd=workdir, stdout=out,
@@ -452,8 +481,11 @@ def test_killed_run_resumes_without_redoing_finished_shards(distilled):
     dry = _snakemake_distill(workdir, "-n", config=config)
     missing = sorted(set(SHARDS) - set(finished))
     assert _planned_shards(dry) == missing, dry[-3000:]
-    assert _job_counts(dry) == {"distill_decode_shard": len(missing), "distill_assemble": 1, "distill_binarize": 1,
-                                "distill": 1}, dry[-3000:]
+    post_dir = workdir / POSTPROCESSED
+    posted = sorted(p.name for p in post_dir.iterdir() if not p.name.startswith(".")) if post_dir.is_dir() else []
+    assert set(posted) <= {name.removesuffix(".jsonl") for name in finished}
+    assert _job_counts(dry) == {"distill_decode_shard": len(missing), "distill_postprocess": 3 - len(posted),
+                                "distill_merge": 1, "distill_binarize": 1, "distill": 1}, dry[-3000:]
 
     _snakemake_distill(workdir, config=config)
     after = _mtimes(shard_dir)
@@ -463,35 +495,66 @@ def test_killed_run_resumes_without_redoing_finished_shards(distilled):
 
 
 @pytest.mark.slow
+def test_kill_during_postprocessing_or_merge_then_rerun_gives_the_same_result(distilled):
+    """SIGKILL to the whole run as soon as a shard's post-processing, then the merge, has started: the rerun
+    completes, redoes no decoding, and writes the same bytes as the uninterrupted run."""
+    workdir, config = distilled
+    expected = {rel: (workdir / rel).read_bytes() for rel in MERGED}
+    shards = _mtimes(workdir / "work/distill/shards")
+    for rule, job_log, removed in (
+        ("distill_postprocess", "logs/distill/postprocess001-of-003.log", [POSTPROCESSED, *DOWNSTREAM]),
+        ("distill_merge", "logs/distill/merge.log", DOWNSTREAM),
+    ):
+        _remove(workdir, [*removed, job_log])
+        run_log = workdir / f"killed_{rule}.log"
+        with run_log.open("w") as out:
+            proc = subprocess.Popen(_distill_cmd(workdir, config=config, cores=1), cwd=workdir, stdout=out,
+                                    stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                    start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            while not (workdir / job_log).exists():  # the job's shell has started
+                assert proc.poll() is None, run_log.read_text()[-3000:]
+                assert time.time() < deadline, f"no {rule} job started in time"
+                time.sleep(0.02)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        assert not (workdir / "work/distill/train.en").exists(), rule  # killed before the merge finished
+        if rule == "distill_postprocess":
+            assert not (workdir / POSTPROCESSED / "shard001-of-003").exists()  # no half-written part
+
+        snakemake(workdir, "--unlock", config=config)
+        _snakemake_distill(workdir, config=config)
+        for rel, content in expected.items():
+            assert (workdir / rel).read_bytes() == content, (rule, rel)
+        assert (workdir / "work/distill/bin/train.de-en.en.bin").exists()
+        assert _mtimes(workdir / "work/distill/shards") == shards  # no decoding redone
+
+
+@pytest.mark.slow
 def test_per_shard_path_matches_assemble_on_the_teachers_shards(distilled, tmp_path):
-    """The teacher's real shards through the shard index, post-processing per shard and the merge: the
-    same bytes as the Snakefile's distill_assemble wrote (corpora, ids and statistics)."""
-    workdir, _ = distilled
+    """The Snakefile's per-shard path (shard index, post-processing per shard, merge) writes the same bytes as
+    pipeline.distill.assemble, the whole-corpus reference, on the teacher's real shards (corpora, ids, statistics)."""
+    workdir, config = distilled
     data = workdir / "work/data"
-    n = len(read_lines(data / "clean/train.ids"))
     env = dict(os.environ, PYTHONPATH=str(REPO))
-
-    def cli(module, *args):
-        proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, env=env)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-
-    index = tmp_path / "index.json"
-    cli("pipeline.distill.shard_index", "--shard-size", -(-n // 3), "--ids", data / "clean/train.ids",
-        "--src-spm", data / "spm/train.de", "--ref-spm", data / "spm/train.en", "--src-text", data / "clean/train.de",
-        "--ref-text", data / "clean/train.en", "--out", index)
     filters = TEST_CONFIG["distill"]["filters"]
+    run_cfg = deep_merge(yaml.safe_load((REPO / "config/config.yaml").read_text()), yaml.safe_load(config.read_text()))
     options = ["--selection", "seq_inter", "--metric", "chrf", "--min-length-ratio", filters["min_length_ratio"],
-               "--max-length-ratio", filters["max_length_ratio"], "--max-repeat", filters["max_repeat"]]
-    parts = []
-    for k, name in enumerate(SHARDS):
-        parts.append(tmp_path / "post" / name.removesuffix(".jsonl"))
-        cli("pipeline.distill.postprocess", "--shard", workdir / "work/distill/shards" / name, "--shard-id", k,
-            "--num-shards", 3, "--index", index, "--spm-model", data / "spm/spm.model", "--out-dir", parts[-1], *options)
-    out = tmp_path / "merged"
-    cli("pipeline.distill.merge", "--index", index, "--num-shards", 3, "--parts", *parts,
-        "--out-src", out / "train.de", "--out-tgt", out / "train.en", "--out-ids", out / "train.ids",
-        "--text-src", out / "train.de.txt", "--text-tgt", out / "train.en.txt", "--stats", out / "stats.json")
-    for mine, theirs in (("train.de", "work/distill/train.de"), ("train.en", "work/distill/train.en"),
-                         ("train.ids", "work/distill/train.ids"), ("train.de.txt", "results/distill/train.de.txt"),
-                         ("train.en.txt", "results/distill/train.en.txt"), ("stats.json", "results/distill/stats.json")):
+               "--max-length-ratio", filters["max_length_ratio"], "--max-repeat", filters["max_repeat"],
+               "--max-fallback-share", run_cfg["distill"]["max_fallback_share"],  # recorded in the statistics
+               "--fail-fallback-share", run_cfg["distill"]["fail_fallback_share"]]
+    out = tmp_path / "assembled"
+    args = ["--shards", *(workdir / "work/distill/shards" / name for name in SHARDS), "--num-shards", 3,
+            "--ids", data / "clean/train.ids", "--src-spm", data / "spm/train.de", "--ref-spm", data / "spm/train.en",
+            "--src-text", data / "clean/train.de", "--ref-text", data / "clean/train.en",
+            "--spm-model", data / "spm/spm.model", "--out-src", out / "train.de", "--out-tgt", out / "train.en",
+            "--out-ids", out / "train.ids", "--text-src", out / "train.de.txt", "--text-tgt", out / "train.en.txt",
+            "--stats", out / "stats.json", *options]
+    proc = subprocess.run([sys.executable, "-m", "pipeline.distill.assemble", *map(str, args)], capture_output=True,
+                          text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for mine, theirs in zip(("train.de", "train.en", "train.ids", "train.de.txt", "train.en.txt", "stats.json"), MERGED,
+                            strict=True):
         assert (out / mine).read_bytes() == (workdir / theirs).read_bytes(), mine

@@ -105,12 +105,12 @@ def test_html_report(smoke_run):
 def test_nothing_left_to_do_and_forcerun_distill_reruns_only_downstream(smoke_run):
     work, cfg = smoke_run
     assert "Nothing to be done" in snakemake(work, "-n", "all", config=cfg).stdout
-    dry = snakemake(work, "-n", "all", "--forcerun", "distill_assemble", config=cfg).stdout
+    dry = snakemake(work, "-n", "all", "--forcerun", "distill_merge", config=cfg).stdout
     jobs = jobs_in_dry_run(dry)
-    assert jobs.get("distill_assemble") == 1
+    assert jobs.get("distill_merge") == 1
     # downstream: the distilled data, the two seq-KD students, their evaluations, the report
     assert jobs.get("train_model") == 2
-    for rule in ("fetch_corpus", "binarize", "distill_decode_shard"):
+    for rule in ("fetch_corpus", "binarize", "distill_shard_index", "distill_decode_shard", "distill_postprocess"):
         assert rule not in jobs, f"{rule} is upstream of the forced rule: {jobs}"
 
 
@@ -128,7 +128,8 @@ def test_changed_beam_reruns_distillation_and_what_follows_only(smoke_run):
     work, _ = smoke_run
     cfg = write_config(work / "beam3", {"distill": {"beam": 3}})  # beside, not over, the run's config
     jobs = jobs_in_dry_run(snakemake(work, "-n", "all", config=cfg).stdout)
-    assert jobs.get("distill_decode_shard") == 3 and jobs.get("distill_assemble") == 1
+    assert jobs.get("distill_decode_shard") == 3 and jobs.get("distill_postprocess") == 3
+    assert jobs.get("distill_merge") == 1 and "distill_shard_index" not in jobs
     assert jobs.get("train_model") == 2  # the two students on distilled targets, not the teacher
     assert jobs.get("evaluate_model") == 2
     for rule in ("fetch_corpus", "spm_train", "binarize"):
@@ -148,10 +149,30 @@ def test_gpu_config_plans_the_full_comparison(tmp_path: Path):
     assert trained == {"teacher", "student_baseline", "student_seq_kd",
                        *(f"student_{v}_a{a}_t1" for v in ("word_kd", "seq_word_kd") for a in alphas)}
     assert jobs["train_model"] == 9
-    assert jobs["distill_decode_shard"] == 4
+    # before the data stage the shard count is unknown: the dry run ends the distillation at the checkpoint
+    assert jobs["distill_shard_index"] == 1 and "distill_decode_shard" not in jobs and jobs["distill_merge"] == 1
+    assert "--shard-size 8000" in dry
     assert "--preset teacher_iwslt" in dry and "--preset student_gpu" in dry
     # config/config.yaml's CPU-demo settings do not leak in (Snakemake merges the two files key by key)
     assert dry.count("--max-epoch 60") == 9 and "--max-epoch" not in dry.replace("--max-epoch 60", "")
     assert "--lr 0.0005" in dry and "--lr 0.002" not in dry and "--vocab-size 8000" in dry
-    assert "--backend ctranslate2" in dry and "--selection seq_inter" in dry
+    assert "pipeline.distill.decode_shard" not in dry  # planned once the index exists (the test below)
     assert "results/summary_ct2.csv" in dry and "--ct2-evals" in dry  # the report's CTranslate2 table
+
+
+@pytest.mark.slow
+def test_gpu_config_plans_four_shards_on_multi30k(tmp_path: Path):
+    """With the data stage run on the whole of Multi30k and the shard index made, the dry run of config/gpu.yaml
+    shows the whole distillation: 4 shards of at most distill.shard_size 8000 pairs, each decoded with
+    CTranslate2 and post-processed with seq_inter, and the merge."""
+    cfg = yaml.safe_load((REPO / "config" / "gpu.yaml").read_text())
+    cfg.setdefault("data", {})["mirror"] = str(MIRROR)
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    snakemake(tmp_path, "work/distill/index.json", config=path, timeout=1800)
+    index = json.loads((tmp_path / "work/distill/index.json").read_text())
+    assert index["shards"] == 4 and index["lines"] > 3 * 8000, index["lines"]
+    dry = snakemake(tmp_path, "-n", "all", config=path).stdout
+    jobs = jobs_in_dry_run(dry)
+    assert jobs["distill_decode_shard"] == 4 and jobs["distill_postprocess"] == 4 and jobs["distill_merge"] == 1
+    assert "distill_shard_index" not in jobs and "--backend ctranslate2" in dry and "--selection seq_inter" in dry

@@ -281,3 +281,20 @@ def test_hypotheses_that_do_not_match_their_evaluation_are_refused(tmp_path: Pat
     proc = run_report(tmp_path, evals)
     assert proc.returncode == 2 and f"{stale}: BLEU" in proc.stderr and "not the hypotheses that evaluation scored" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_fallback_share_shown_for_students_on_distilled_targets_only(tmp_path: Path):
+    seq_kd = evaluation("student_seq_kd", 28.0, 150.0)
+    seq_kd["spec"]["targets"] = "distilled"
+    student = write(tmp_path / "eval/student_seq_kd/test.json", seq_kd)
+    stats = write(tmp_path / "distill/stats.json", {"pairs_in": 10, "fallback_share": 0.4012})
+    proc = report(tmp_path, "--distill-stats", str(stats), more=(student,))
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["model"]: r for r in csv.DictReader((tmp_path / "summary.csv").open())}
+    assert rows["student_seq_kd"]["fallback_share"] == "0.4012"
+    assert rows["teacher"]["fallback_share"] == rows["student_baseline"]["fallback_share"] == ""
+    md = (tmp_path / "summary.md").read_text()
+    assert "distillation fallback |" in md and "| 1.50× | 40.1% |" in md and "| 1.50× | – |" in md
+    write(stats, {"pairs_in": 10})  # a stats file without the share (made before the merge recorded it)
+    proc = report(tmp_path, "--distill-stats", str(stats), more=(student,))
+    assert proc.returncode != 0 and f"{stats}: no fallback_share" in proc.stderr

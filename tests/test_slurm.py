@@ -56,7 +56,8 @@ class Target:
 
 
 DATA_RULES = {"fetch_corpus", "normalize", "clean_train", "spm_train", "spm_encode", "binarize"}
-PIPELINE_RULES = DATA_RULES | {"train_model", "distill_decode_shard", "distill_assemble", "distill_binarize",
+PIPELINE_RULES = DATA_RULES | {"train_model", "distill_shard_index", "distill_decode_shard", "distill_postprocess",
+                                "distill_merge", "distill_binarize",
                                 "evaluate_model", "ct2_convert", "evaluate_model_ct2", "report_summary"}
 TARGETS = [
     # the whole smoke pipeline: data, teacher, distillation, four students, evaluation, report

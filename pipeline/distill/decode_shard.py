@@ -1,7 +1,7 @@
 """Beam-decode one shard of the training source with the teacher: its n-best lists, by sentence id.
 
     python -m pipeline.distill.decode_shard --model work/models/teacher/model.pt --data work/data/bin \
-        --source work/data/spm/train.de --ids work/data/clean/train.ids --shard 1 --num-shards 8 \
+        --index work/distill/index.json --shard 1 --num-shards 8 \
         --out work/distill/shards/shard001-of-008.jsonl \
         [--beam 5] [--nbest 5] [--lenpen 1] [--max-len-a 1.2] [--max-len-b 10]
         [--max-tokens 6000] [--batch-size N] [--fp16] [--cpu] [--threads 2]
@@ -9,13 +9,15 @@
 
     an ensemble: --model work/models/teacher/model.pt:work/models/teacher_2/model.pt (fairseq backend)
     a text-to-text teacher (teacher.ct2_model): --backend ctranslate2 --ct2-model DIR --text-teacher
-        --source work/data/clean/train.de --out-spm work/data/spm/spm.model --src de --tgt en
+        --out-spm work/data/spm/spm.model --src de --tgt en (it reads the shard's cleaned text)
 
 The decoding flags are pipeline.decoding's (add_decoding_args): the same search and batch settings
 for either backend.
 
-The shard reads its range of positions straight from the full spm-encoded source (no split copies
-of the corpus on disk). The output is written to a temporary file, verified (one record per id of
+The shard reads only its own range of the spm-encoded source and of the ids, by byte offset through
+the shard index (pipeline.distill.shard_index: no split copies of the corpus on disk, memory in
+proportion to the shard); --num-shards must be the index's shard count, and a file changed since the
+index was made fails with a message naming it, before the teacher is loaded. The output is written to a temporary file, verified (one record per id of
 the range, in order, each with nbest hypotheses) and only then renamed: a killed job leaves no
 finished shard, so a rerun redoes exactly the shards that did not finish.
 """
@@ -28,9 +30,9 @@ import time
 from pathlib import Path
 
 from pipeline.cli import run
-from pipeline.corpus import read_lines
 from pipeline.decoding import SearchOptions, add_decoding_args, backend_from_args
-from pipeline.distill.shards import Hyp, NBest, read_ids, shard_filename, shard_range, write_shard
+from pipeline.distill.shard_index import ShardIndex
+from pipeline.distill.shards import Hyp, NBest, shard_filename, write_shard
 from pipeline.distill.text_teacher import decode_text
 from pipeline.errors import BackendError, ConfigError, DataError
 
@@ -45,14 +47,14 @@ def main() -> None:
     parser.add_argument("--model", type=Path,
                         help="the teacher's fairseq checkpoint, or several joined by ':' (an ensemble; --backend fairseq)")
     parser.add_argument("--data", type=Path, help="directory with the teacher's dictionaries (fairseq)")
-    parser.add_argument("--source", type=Path, required=True,
-                        help="spm-encoded cleaned training source (--text-teacher: the cleaned text)")
+    parser.add_argument("--index", type=Path, required=True,
+                        help="the shard index of the cleaned training corpus (pipeline.distill.shard_index)")
     parser.add_argument("--text-teacher", action="store_true",
-                        help="a CTranslate2 teacher with its own SentencePiece model(s): text in, output re-encoded with --out-spm")
+                        help="a CTranslate2 teacher with its own SentencePiece model(s): the shard's cleaned text in, "
+                        "output re-encoded with --out-spm")
     parser.add_argument("--out-spm", type=Path, help="--text-teacher: the students' SentencePiece model")
     parser.add_argument("--src", help="source language (a CTranslate2 directory without pipeline.json)")
     parser.add_argument("--tgt", help="target language")
-    parser.add_argument("--ids", type=Path, required=True, help="ids of the cleaned training pairs, one per line")
     parser.add_argument("--shard", type=int, required=True, help="0-based shard index")
     parser.add_argument("--num-shards", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
@@ -69,16 +71,16 @@ def main() -> None:
     if args.out.name != expected_name:
         log.warning("output %s is not named %s: reassembly will not check which shard it is", args.out, expected_name)
 
-    ids = read_ids(args.ids)
-    source = read_lines(args.source)
-    if len(source) != len(ids):
-        raise DataError(f"{args.source}: {len(source)} lines, but {args.ids} has {len(ids)} ids")
-    start, end = shard_range(len(ids), args.num_shards, args.shard)
-    shard_ids, lines = ids[start:end], source[start:end]
+    index = ShardIndex.load(args.index)
+    index.check_count(args.num_shards)
+    start, end = index.range(args.shard)
+    role = "src_text" if args.text_teacher else "src_spm"  # a text-to-text teacher reads the cleaned text
+    shard_ids, lines = index.ids(args.shard), index.read(role, args.shard)
+    source = index.file(role)
     where = f"shard {expected_name} (positions {start}..{end - 1})"
-    for position, line in enumerate(lines, start=start):
+    for position, (rid, line) in enumerate(zip(shard_ids, lines, strict=True), start=start):
         if not line.strip():
-            raise DataError(f"{args.source}: line {position + 1} (id {ids[position]}): empty source in {where}")
+            raise DataError(f"{source}: line {position + 1} (id {rid}): empty source in {where}")
 
     if not lines:  # more shards than sentences: nothing to decode, but the shard must exist
         write_shard(args.out, [], shard_ids, nbest=options.nbest)

@@ -13,11 +13,13 @@
 # ct2.batch_size, each key separately, where it is set (not null), and from the stage's own
 # max_tokens / batch_size otherwise; compute type, threads and shortlist come from ct2.* alone.
 
+import json
 import re
 import shlex
 import sys
 
 from pipeline.ct2 import COMPUTE_TYPES as CT2_COMPUTE_TYPES
+from pipeline.distill.shards import shard_name
 from pipeline.errors import ConfigError
 from pipeline.models import ENSEMBLE, TEACHER, model_records, model_specs
 from pipeline.teachers import CHECKPOINTS, CT2, check_ct2_teacher, check_external_teacher, teacher_kind
@@ -98,12 +100,27 @@ def bin_files(bin_dir):
     return dict_files(bin_dir) + [path for split in SPLITS for path in split_files(bin_dir, split)]
 
 
-# Distillation shards: zero-padded ids (at least 3 digits); the shard count is part of every shard's
-# file name, so that shards made for another count are never taken for finished ones.
-DISTILL_SHARDS = DISTILL_CFG["shards"]
-DISTILL_ID_WIDTH = max(3, len(str(DISTILL_SHARDS - 1)))
-DISTILL_SHARD_IDS = [f"{i:0{DISTILL_ID_WIDTH}d}" for i in range(DISTILL_SHARDS)]
-DISTILL_SHARD = f"work/distill/shards/shard{{shard}}-of-{DISTILL_SHARDS:0{DISTILL_ID_WIDTH}d}.jsonl"
+# Distillation shards: the checkpoint distill_shard_index plans ceil(lines / distill.shard_size) shards
+# of the cleaned corpus (byte offsets of each in DISTILL_INDEX). Shard ids are zero-padded (at least 3
+# digits) and the shard count is part of every shard's file name, so that shards made for another count
+# are never taken for finished ones. ({nshards}: Snakemake reserves the wildcard name `count`.)
+DISTILL_INDEX = "work/distill/index.json"
+DISTILL_SHARD = "work/distill/shards/shard{shard}-of-{nshards}.jsonl"  # the teacher's n-best lists
+DISTILL_PART = "work/distill/post/shard{shard}-of-{nshards}"  # the shard post-processed (a directory)
+DISTILL_SHARD_CONSTRAINTS = {"shard": r"\d\d\d+", "nshards": r"\d\d\d+"}  # (a {3,} here would match nothing)
+
+
+def distill_shard_count():
+    """The shard count of the index: known once the checkpoint distill_shard_index has run."""
+    with open(checkpoints.distill_shard_index.get().output[0]) as f:
+        return json.load(f)["shards"]
+
+
+def distill_parts(wildcards):
+    """Every shard's post-processed directory, in shard order (the merge's input)."""
+    count = distill_shard_count()
+    return [DISTILL_PART.format(shard=shard_name(k, count), nshards=shard_name(count, count)) for k in range(count)]
+
 
 # Teacher caches (pipeline.kdcache): the teacher's top-K per target token of a word-KD student's training
 # data, one cache per data directory (reference: work/data/bin, distilled: work/distill/bin), each split

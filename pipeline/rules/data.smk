@@ -1,8 +1,8 @@
 # Data stage: fetch and verify, Moses punctuation normalisation, training-set cleaning,
 # joint SentencePiece, fairseq binarisation (with an existing teacher, teacher.checkpoints: its
 # SentencePiece model and dictionary instead of new ones). Settings: config `data:`; compute: resources.data
-# (the line-by-line steps are single-threaded programs: one thread whatever it says) and
-# resources.binarize.
+# (its threads: SentencePiece training's threads, and the processes of normalisation and encoding,
+# which work on chunks of lines; fetching and cleaning are single-threaded) and resources.binarize.
 
 
 def fetch_args():
@@ -47,12 +47,12 @@ rule normalize:
         "logs/data/normalize.{split}.{lang}.log",
     benchmark:
         "benchmarks/data/normalize.{split}.{lang}.tsv"
-    threads: 1
+    threads: res("data")["threads"]  # processes normalising chunks of lines (--workers)
     resources:
         mem_mb=res("data")["mem_mb"],
         runtime=res("data")["runtime"],
     shell:
-        "{PY} -m pipeline.normalize --lang {wildcards.lang} {params.off} {input} {output} > {log} 2>&1"
+        "{PY} -m pipeline.normalize --lang {wildcards.lang} {params.off} --workers {threads} {input} {output} > {log} 2>&1"
 
 
 def clean_args():
@@ -148,12 +148,12 @@ rule spm_encode:
         "logs/data/spm_encode.{split}.{lang}.log",
     benchmark:
         "benchmarks/data/spm_encode.{split}.{lang}.tsv"
-    threads: 1
+    threads: res("data")["threads"]  # processes encoding chunks of lines (--workers)
     resources:
         mem_mb=res("data")["mem_mb"],
         runtime=res("data")["runtime"],
     shell:
-        "{PY} -m pipeline.spm encode --model {input.model} {params.max_pieces} {input.text} {output} > {log} 2>&1"
+        "{PY} -m pipeline.spm encode --model {input.model} {params.max_pieces} --workers {threads} {input.text} {output} > {log} 2>&1"
 
 
 rule binarize:

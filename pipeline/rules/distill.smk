@@ -1,14 +1,19 @@
-# Distillation stage (sequence-level KD): the teacher (an ensemble: all its members, fairseq backend;
-# a CTranslate2 teacher: text to text) beam-decodes the cleaned training source in shards, one job
-# each (a killed run redoes only the shards without a finished output); the shards are reassembled
-# by sentence id, a target is selected and filtered per pair, and the distilled corpus is binarised
-# with the teacher's dictionary next to the real dev and test sets.
+# Distillation stage (sequence-level KD). The checkpoint distill_shard_index splits the cleaned
+# training corpus into ceil(lines / distill.shard_size) shards (byte offsets in work/distill/index.json,
+# no copies of the corpus); the teacher (an ensemble: all its members, fairseq backend; a CTranslate2
+# teacher: text to text) beam-decodes each shard in its own job, reading only its range (a killed run
+# redoes only the shards without a finished output); each shard is post-processed in its own job
+# (target selection, filters, statistics as sums); the merge concatenates the shards' outputs in id
+# order, checks every id and adds the statistics exactly (with the fallback-share check:
+# distill.max_fallback_share warns, distill.fail_fallback_share fails); the distilled corpus is
+# binarised with the teacher's dictionary next to the real dev and test sets.
 # Settings: config `distill:` (decoding flags: DISTILL_FLAGS of common.smk); compute: resources.distill
-# per shard job, resources.assemble, resources.binarize. Part of `all` only when a student trains on
-# distilled targets (seq_kd, seq_word_kd).
+# per decoding job, resources.distill_post per shard, resources.distill_merge, resources.binarize.
+# Part of `all` only when a student trains on distilled targets (seq_kd, seq_word_kd). Until the index
+# exists (after the data stage), a dry run shows the jobs up to distill_shard_index only.
 
 
-def distill_assemble_args():
+def distill_postprocess_args():
     cfg, filters = DISTILL_CFG, DISTILL_CFG["filters"]
     return " ".join(
         [
@@ -23,14 +28,40 @@ def distill_assemble_args():
     )
 
 
+checkpoint distill_shard_index:
+    input:
+        ids=CLEAN_IDS,
+        src_spm=SPM_TEXT.format(split="train", lang=SRC),
+        ref_spm=SPM_TEXT.format(split="train", lang=TGT),
+        src_text=CLEAN_TEXT.format(lang=SRC),
+        ref_text=CLEAN_TEXT.format(lang=TGT),
+    output:
+        DISTILL_INDEX,
+    params:
+        shard_size=DISTILL_CFG["shard_size"],
+    log:
+        "logs/distill/shard_index.log",
+    benchmark:
+        "benchmarks/distill/shard_index.tsv"
+    threads: 1
+    resources:
+        mem_mb=res("distill_merge")["mem_mb"],
+        runtime=res("distill_merge")["runtime"],
+        gpu=0,
+    shell:
+        "{PY} -m pipeline.distill.shard_index --shard-size {params.shard_size} --ids {input.ids}"
+        " --src-spm {input.src_spm} --ref-spm {input.ref_spm} --src-text {input.src_text} --ref-text {input.ref_text}"
+        " --out {output} > {log} 2>&1"
+
+
 from pipeline.decoding.ct2_dir import spm_models as ct2_spm_models
 
 
 def decode_shard_inputs(wildcards):
-    if CT2_TEACHER:  # text to text: the cleaned source as text; its output re-encoded with the students' spm
-        return {"src": CLEAN_TEXT.format(lang=SRC), "ids": CLEAN_IDS, "ct2": str(CT2_TEACHER / "model.bin"),
+    if CT2_TEACHER:  # text to text: the shard's cleaned text; its output re-encoded with the students' spm
+        return {"index": DISTILL_INDEX, "ct2": str(CT2_TEACHER / "model.bin"),
                 "teacher_spm": sorted({str(path) for path in ct2_spm_models(CT2_TEACHER)}), "out_spm": SPM_MODEL}
-    return {"src": SPM_TEXT.format(split="train", lang=SRC), "ids": CLEAN_IDS,
+    return {"index": DISTILL_INDEX,
             "model": TEACHER_MODELS,  # every member of an ensemble
             "dicts": dict_files(BIN_DIR), "ct2": [CT2_MODEL.format(model=TEACHER)] if DISTILL_CT2 else []}
 
@@ -47,14 +78,14 @@ rule distill_decode_shard:
     output:
         DISTILL_SHARD,
     wildcard_constraints:
-        shard=rf"\d{{{DISTILL_ID_WIDTH}}}",
+        **DISTILL_SHARD_CONSTRAINTS,
     params:
         args=DISTILL_FLAGS,
         model=decode_shard_model,
     log:
-        "logs/distill/decode_shard{shard}.log",
+        "logs/distill/decode_shard{shard}-of-{nshards}.log",
     benchmark:
-        "benchmarks/distill/decode_shard{shard}.tsv"
+        "benchmarks/distill/decode_shard{shard}-of-{nshards}.tsv"
     threads: res("distill")["threads"]
     resources:
         mem_mb=res("distill")["mem_mb"],
@@ -66,19 +97,40 @@ rule distill_decode_shard:
         "export OMP_NUM_THREADS={threads}; "
         "{PY} -m pipeline.devices --gpus {resources.gpu} --"
         " {PY} -m pipeline.distill.decode_shard {params.model}"
-        " --source {input.src} --ids {input.ids} --shard {wildcards.shard} --num-shards {DISTILL_SHARDS}"
+        " --index {input.index} --shard {wildcards.shard} --num-shards {wildcards.nshards}"
         " --threads {threads} {params.args} --out {output} > {log} 2>&1"
 
 
-rule distill_assemble:
+rule distill_postprocess:
     input:
-        shards=expand(DISTILL_SHARD, shard=DISTILL_SHARD_IDS),
-        ids=CLEAN_IDS,
-        src_spm=SPM_TEXT.format(split="train", lang=SRC),
-        ref_spm=SPM_TEXT.format(split="train", lang=TGT),
-        src_text=CLEAN_TEXT.format(lang=SRC),
-        ref_text=CLEAN_TEXT.format(lang=TGT),
+        shard=DISTILL_SHARD,
+        index=DISTILL_INDEX,
         spm_model=SPM_MODEL,
+    output:
+        directory(DISTILL_PART),
+    wildcard_constraints:
+        **DISTILL_SHARD_CONSTRAINTS,
+    params:
+        args=distill_postprocess_args(),
+    log:
+        "logs/distill/postprocess{shard}-of-{nshards}.log",
+    benchmark:
+        "benchmarks/distill/postprocess{shard}-of-{nshards}.tsv"
+    threads: res("distill_post")["threads"]
+    resources:
+        mem_mb=res("distill_post")["mem_mb"],
+        runtime=res("distill_post")["runtime"],
+        gpu=res("distill_post")["gpus"],
+    shell:
+        "{PY} -m pipeline.distill.postprocess --shard {input.shard} --shard-id {wildcards.shard}"
+        " --num-shards {wildcards.nshards} --index {input.index} --spm-model {input.spm_model}"
+        " --out-dir {output} {params.args} > {log} 2>&1"
+
+
+rule distill_merge:
+    input:
+        parts=distill_parts,
+        index=DISTILL_INDEX,
     output:
         src=DISTILL_TEXT.format(lang=SRC),
         tgt=DISTILL_TEXT.format(lang=TGT),
@@ -87,23 +139,22 @@ rule distill_assemble:
         text_tgt=DISTILL_PLAIN.format(lang=TGT),
         stats=report(DISTILL_STATS, category="Distillation", labels={"statistics": "distilled corpus"}),
     params:
-        args=distill_assemble_args(),
+        fallback=f"--max-fallback-share {DISTILL_CFG['max_fallback_share']}"
+        f" --fail-fallback-share {DISTILL_CFG['fail_fallback_share']}",
     log:
-        "logs/distill/assemble.log",
+        "logs/distill/merge.log",
     benchmark:
-        "benchmarks/distill/assemble.tsv"
-    threads: res("assemble")["threads"]
+        "benchmarks/distill/merge.tsv"
+    threads: res("distill_merge")["threads"]
     resources:
-        mem_mb=res("assemble")["mem_mb"],
-        runtime=res("assemble")["runtime"],
-        gpu=res("assemble")["gpus"],
+        mem_mb=res("distill_merge")["mem_mb"],
+        runtime=res("distill_merge")["runtime"],
+        gpu=res("distill_merge")["gpus"],
     shell:
-        "{PY} -m pipeline.distill.assemble --shards {input.shards} --num-shards {DISTILL_SHARDS}"
-        " --ids {input.ids} --src-spm {input.src_spm} --ref-spm {input.ref_spm}"
-        " --src-text {input.src_text} --ref-text {input.ref_text} --spm-model {input.spm_model}"
+        "{PY} -m pipeline.distill.merge --index {input.index} --parts {input.parts}"
         " --out-src {output.src} --out-tgt {output.tgt} --out-ids {output.ids}"
         " --text-src {output.text_src} --text-tgt {output.text_tgt} --stats {output.stats}"
-        " {params.args} > {log} 2>&1"
+        " {params.fallback} > {log} 2>&1"
 
 
 rule distill_binarize:

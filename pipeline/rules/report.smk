@@ -15,6 +15,7 @@ rule report_summary:
         ct2_evals=eval_ct2_outputs(MODELS),
         # training finished, so each model's progress records are complete
         models=[MODEL.format(model=name) for name in MODELS],
+        distill_stats=[DISTILL_STATS] if USES_DISTILLATION else [],  # the fallback share of distilled students
     output:
         csv=report("results/summary.csv", category="Results", labels={"table": "every set (csv)"}),
         best_csv=report("results/summary_best.csv", category="Results",
@@ -36,6 +37,7 @@ rule report_summary:
         ct2=lambda wildcards, input, output: (
             f" --ct2-evals {' '.join(input.ct2_evals)} --ct2-csv {output.ct2_csv}" if input.ct2_evals else ""
         ),
+        distill=lambda wildcards, input: f" --distill-stats {input.distill_stats}" if input.distill_stats else "",
     log:
         "logs/report/summary.log",
     benchmark:
@@ -46,7 +48,8 @@ rule report_summary:
         runtime=res("report")["runtime"],
     shell:
         "{PY} -m pipeline.report --evals {input.evals} --set {SUMMARY_SET} {params.bootstrap} --curves {params.curves}"
-        " --csv {output.csv} --best-csv {output.best_csv} --md {output.md} --plots results/plots{params.ct2} > {log} 2>&1"
+        " --csv {output.csv} --best-csv {output.best_csv} --md {output.md} --plots results/plots{params.ct2}{params.distill}"
+        " > {log} 2>&1"
 
 
 rule report:

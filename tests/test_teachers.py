@@ -169,7 +169,11 @@ def test_word_kd_with_a_ct2_teacher_is_refused(ct2_teacher, tmp_path):
 # Ensembles
 
 
-def test_ensemble_of_two_plans_two_teachers_an_ensemble_distillation_and_students_with_both(tmp_path):
+def test_ensemble_of_two_plans_two_teachers_an_ensemble_distillation_and_students_with_both(smoke_data, tmp_path):
+    # the decoding jobs are planned once the shard index (a checkpoint) exists: the smoke data, indexed for real
+    for workdir in (tmp_path, tmp_path / "one"):
+        shutil.copytree(smoke_data, workdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".snakemake"))
+        snakemake(workdir, "work/distill/index.json", config=write_config(workdir))
     cfg = write_config(tmp_path, {"teacher": {"ensemble": 2}})
     dry = snakemake(tmp_path, "-n", "-p", "all", config=cfg).stdout
     jobs = jobs_in_dry_run(dry)

@@ -3,7 +3,7 @@
     python -m pipeline.clean --src-in A --tgt-in B --src-out C --tgt-out D --ids-out E --stats S.json \
         [--max-tokens 100] [--max-length-ratio 3] [--keep-identical] [--keep-duplicates]
 
-A pair is counted under the first filter it fails, in the order of FILTERS. The ids file lists,
+A pair is counted under the first filter it fails, in the order of PAIR_FILTERS. The ids file lists,
 for each kept pair, its 0-based line number in the input, so later stages can trace any pair.
 
 The corpus is streamed in chunks: memory does not hold the corpus, only a chunk and the
@@ -29,7 +29,7 @@ import numpy as np
 from pipeline.cli import run
 from pipeline.streaming import AtomicOutputs, chunks, iter_parallel
 
-FILTERS = ("empty", "too_long", "length_ratio", "identical", "duplicate")
+PAIR_FILTERS = ("empty", "too_long", "length_ratio", "identical", "duplicate")
 HASH_BITS = 64
 CHUNK_PAIRS = 10_000
 log = logging.getLogger("pipeline.clean")
@@ -43,7 +43,7 @@ class CleanConfig:
     remove_duplicates: bool = True
 
 
-def rejection(src: str, tgt: str, cfg: CleanConfig) -> str | None:
+def pair_rejection(src: str, tgt: str, cfg: CleanConfig) -> str | None:
     """The first filter before deduplication that rejects the pair, or None."""
     n_src, n_tgt = len(src.split()), len(tgt.split())
     if n_src == 0 or n_tgt == 0:
@@ -95,14 +95,14 @@ class DigestSet:
 
 def clean_pairs(pairs: Iterable[tuple[str, str]], cfg: CleanConfig, stats: dict) -> Iterator[tuple[int, str, str]]:
     """(input line number, source, target) of every kept pair, streamed; fills stats when exhausted."""
-    removed = dict.fromkeys(FILTERS, 0)
+    removed = dict.fromkeys(PAIR_FILTERS, 0)
     digests = DigestSet()
     n_in = n_kept = 0
     for chunk in chunks(enumerate(pairs), CHUNK_PAIRS):
         n_in += len(chunk)
         candidates = []
         for i, (src, tgt) in chunk:
-            reason = rejection(src, tgt, cfg)
+            reason = pair_rejection(src, tgt, cfg)
             if reason is None:
                 candidates.append((i, src, tgt))
             else:

@@ -16,9 +16,6 @@ from pathlib import Path
 
 from pipeline.errors import DataError
 
-# The data stage's name for DataError, kept for the callers that import it from here.
-CorpusError = DataError
-
 GZIP_MAGIC = b"\x1f\x8b"
 
 

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from conftest import REPO, SNAKEMAKE, deep_merge, snakemake, write_config
 
-from pipeline.corpus import CorpusError, read_lines
+from pipeline.corpus import read_lines
 from pipeline.distill.assemble import distill
-from pipeline.distill.filters import FilterConfig, longest_repeat, rejection
+from pipeline.distill.filters import FilterConfig, hypothesis_rejection, longest_repeat
 from pipeline.distill.selection import seq_inter, top1
 from pipeline.distill.shards import (
     Hyp,
@@ -33,6 +33,7 @@ from pipeline.distill.shards import (
     shard_range,
     write_shard,
 )
+from pipeline.errors import DataError
 
 # ------------------------------------------------------------------------------------------------
 # Shards and reassembly
@@ -89,7 +90,7 @@ def test_reassembly_ignores_the_record_order_inside_a_shard(tmp_path):
 
 def test_reassembly_missing_shard_names_the_shard_and_id(tmp_path):
     paths = _write_shards(tmp_path)
-    with pytest.raises(CorpusError, match=r"shard001-of-003\.jsonl: 3 of its 3 ids missing \(first: id 9\)"):
+    with pytest.raises(DataError, match=r"shard001-of-003\.jsonl: 3 of its 3 ids missing \(first: id 9\)"):
         reassemble([paths[0], paths[2]], IDS, 3)
 
 
@@ -97,7 +98,7 @@ def test_reassembly_missing_line_names_the_shard_and_id(tmp_path):
     paths = _write_shards(tmp_path)
     lines = paths[2].read_text().splitlines()
     paths[2].write_text("\n".join(lines[:-1]) + "\n")
-    with pytest.raises(CorpusError, match=r"shard002-of-003\.jsonl: 1 of its 3 ids missing \(first: id 14\)"):
+    with pytest.raises(DataError, match=r"shard002-of-003\.jsonl: 1 of its 3 ids missing \(first: id 14\)"):
         reassemble(paths, IDS, 3)
 
 
@@ -105,7 +106,7 @@ def test_reassembly_duplicated_id_names_the_shard_and_id(tmp_path):
     paths = _write_shards(tmp_path)
     with paths[1].open("a") as f:
         f.write(record_to_json(_record(11)) + "\n")
-    with pytest.raises(CorpusError, match=r"shard shard001-of-003\.jsonl: duplicated id 11"):
+    with pytest.raises(DataError, match=r"shard shard001-of-003\.jsonl: duplicated id 11"):
         reassemble(paths, IDS, 3)
 
 
@@ -113,18 +114,18 @@ def test_reassembly_foreign_ids_fail(tmp_path):
     paths = _write_shards(tmp_path)
     with paths[0].open("a") as f:
         f.write(record_to_json(_record(99)) + "\n")
-    with pytest.raises(CorpusError, match=r"shard000-of-003\.jsonl: foreign id 99: not in the training ids"):
+    with pytest.raises(DataError, match=r"shard000-of-003\.jsonl: foreign id 99: not in the training ids"):
         reassemble(paths, IDS, 3)
     paths = _write_shards(tmp_path)
     with paths[0].open("a") as f:  # a training id, but shard 002's
         f.write(record_to_json(_record(14)) + "\n")
-    with pytest.raises(CorpusError, match=r"shard000-of-003\.jsonl: foreign id 14: it belongs to shard 002"):
+    with pytest.raises(DataError, match=r"shard000-of-003\.jsonl: foreign id 14: it belongs to shard 002"):
         reassemble(paths, IDS, 3)
 
 
 def test_reassembly_rejects_shards_of_another_count(tmp_path):
     paths = _write_shards(tmp_path, shards=2)
-    with pytest.raises(CorpusError, match=r"shard000-of-002\.jsonl: made for 2 shards, this run has 3"):
+    with pytest.raises(DataError, match=r"shard000-of-002\.jsonl: made for 2 shards, this run has 3"):
         reassemble(paths, IDS, 3)
 
 
@@ -132,7 +133,7 @@ def test_corrupt_shard_line_is_reported_with_file_and_line(tmp_path):
     paths = _write_shards(tmp_path)
     with paths[1].open("a") as f:
         f.write('{"id": 3, "hyps": [{"text": "x"\n')
-    with pytest.raises(CorpusError, match=r"shard001-of-003\.jsonl: line 4: not a shard record"):
+    with pytest.raises(DataError, match=r"shard001-of-003\.jsonl: line 4: not a shard record"):
         reassemble(paths, IDS, 3)
 
 
@@ -146,11 +147,11 @@ def test_write_shard_is_atomic_and_verifies_its_count(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         write_shard(out, killed(), [5, 2])
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(CorpusError, match=r"1 records, expected 2"):
+    with pytest.raises(DataError, match=r"1 records, expected 2"):
         write_shard(out, [_record(5)], [5, 2])
-    with pytest.raises(CorpusError, match=r"record 1: id 3, expected id 2"):
+    with pytest.raises(DataError, match=r"record 1: id 3, expected id 2"):
         write_shard(out, [_record(5), _record(3)], [5, 2])
-    with pytest.raises(CorpusError, match=r"id 5: 1 hypotheses, expected 2"):
+    with pytest.raises(DataError, match=r"id 5: 1 hypotheses, expected 2"):
         write_shard(out, [_record(5, n=1), _record(2)], [5, 2], nbest=2)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / f".{out.name}.stale").write_text("left by a killed run")
@@ -195,7 +196,7 @@ def test_decode_shard_checks_its_inputs_before_loading_the_teacher(tmp_path):
 def test_read_ids_rejects_repeats(tmp_path):
     path = tmp_path / "train.ids"
     path.write_text("3\n1\n3\n")
-    with pytest.raises(CorpusError, match=r"line 3: id 3 repeated"):
+    with pytest.raises(DataError, match=r"line 3: id 3 repeated"):
         read_ids(path)
 
 
@@ -249,13 +250,13 @@ def test_longest_repeat():
 def test_each_filter_on_hand_made_pairs():
     cfg = FilterConfig(min_length_ratio=0.5, max_length_ratio=2.0, max_repeat=3, max_repeat_ngram=2)
     src = "▁ein ▁mann ▁auf ▁einem ▁pferd"  # 5 pieces
-    assert rejection(src, "", cfg) == "empty"
-    assert rejection(src, "   ", cfg) == "empty"
-    assert rejection(src, "▁a ▁man", cfg) == "length_ratio"  # 0.4
-    assert rejection(src, " ".join(["▁a"] * 3 + ["▁b"] * 8), cfg) == "length_ratio"  # 2.2 (first filter wins)
-    assert rejection(src, "▁a ▁man ▁a ▁man ▁a ▁man ▁a ▁man", cfg) == "repeat"  # bigram 4 times
-    assert rejection(src, "▁a ▁man ▁a ▁man ▁a ▁man ▁on", cfg) is None  # 3 times: allowed
-    assert rejection(src, "▁a ▁man ▁on ▁a ▁horse", cfg) is None
+    assert hypothesis_rejection(src, "", cfg) == "empty"
+    assert hypothesis_rejection(src, "   ", cfg) == "empty"
+    assert hypothesis_rejection(src, "▁a ▁man", cfg) == "length_ratio"  # 0.4
+    assert hypothesis_rejection(src, " ".join(["▁a"] * 3 + ["▁b"] * 8), cfg) == "length_ratio"  # 2.2 (first filter wins)
+    assert hypothesis_rejection(src, "▁a ▁man ▁a ▁man ▁a ▁man ▁a ▁man", cfg) == "repeat"  # bigram 4 times
+    assert hypothesis_rejection(src, "▁a ▁man ▁a ▁man ▁a ▁man ▁on", cfg) is None  # 3 times: allowed
+    assert hypothesis_rejection(src, "▁a ▁man ▁on ▁a ▁horse", cfg) is None
 
 
 SRC_SPM = ["▁ein ▁mann", "▁zwei ▁hunde ▁laufen", "▁eine ▁frau", "▁ein ▁kind ▁spielt", "▁ein ▁ball"]
@@ -300,7 +301,7 @@ def test_filters_are_counted_and_never_silent(on_filtered):
 def test_distill_refuses_records_out_of_order():
     records = _records()
     records[0], records[1] = records[1], records[0]
-    with pytest.raises(CorpusError, match=r"record 0: id 11, expected id 10"):
+    with pytest.raises(DataError, match=r"record 0: id 11, expected id 10"):
         distill(records, IDS_FIVE, SRC_SPM, REF_SPM, SRC_SPM, REF_SPM, _detok)
 
 

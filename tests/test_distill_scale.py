@@ -42,11 +42,11 @@ def cli(module: str, *args: object, check: bool = True) -> subprocess.CompletedP
 
 def _reference_clean(src: list[str], tgt: list[str], cfg: CleanConfig) -> list[int]:
     """The previous implementation's semantics: a set of the exact (source, target) strings."""
-    from pipeline.clean import rejection
+    from pipeline.clean import pair_rejection
 
     seen, kept = set(), []
     for i, pair in enumerate(zip(src, tgt, strict=True)):
-        if rejection(*pair, cfg) is None and pair not in seen:
+        if pair_rejection(*pair, cfg) is None and pair not in seen:
             seen.add(pair)
             kept.append(i)
     return kept

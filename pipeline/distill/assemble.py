@@ -41,11 +41,12 @@ import sacrebleu
 
 from pipeline import spm
 from pipeline.cli import run
-from pipeline.corpus import CorpusError, read_parallel, write_lines
+from pipeline.corpus import read_parallel, write_lines
 from pipeline.distill.fallback import FAIL_SHARE, WARN_SHARE, check_fallback
-from pipeline.distill.filters import FILTERS, ON_FILTERED, FilterConfig, rejection
+from pipeline.distill.filters import HYPOTHESIS_FILTERS, ON_FILTERED, FilterConfig, hypothesis_rejection
 from pipeline.distill.selection import METRICS, SELECTIONS, selector
 from pipeline.distill.shards import NBest, read_ids, reassemble
+from pipeline.errors import DataError
 
 log = logging.getLogger("pipeline.distill.assemble")
 UNK = "<unk>"
@@ -94,10 +95,10 @@ def distill(
     for name, seq in (("records", records), ("spm source", src_spm), ("spm reference", ref_spm),
                       ("source text", src_text), ("reference text", ref_text)):
         if len(seq) != n:
-            raise CorpusError(f"{name}: {len(seq)} lines, but the training corpus has {n} ids")
+            raise DataError(f"{name}: {len(seq)} lines, but the training corpus has {n} ids")
     choose = selector(selection, metric, detok)
     out = Distilled()
-    removed = dict.fromkeys(FILTERS, 0)
+    removed = dict.fromkeys(HYPOTHESIS_FILTERS, 0)
     ranks: Counter[int] = Counter()
     selected_text: list[str] = []
     unk = differ = 0
@@ -106,13 +107,13 @@ def distill(
     kept_refs: list[str] = []
     for i, record in enumerate(records):
         if record.id != ids[i]:
-            raise CorpusError(f"record {i}: id {record.id}, expected id {ids[i]} (records not in training order)")
+            raise DataError(f"record {i}: id {record.id}, expected id {ids[i]} (records not in training order)")
         rank = choose(record, ref_text[i])
         ranks[rank] += 1
         hyp = record.hyps[rank].text
         hyp_text = detok(hyp)
         selected_text.append(hyp_text)
-        reason = rejection(src_spm[i], hyp, filters)
+        reason = hypothesis_rejection(src_spm[i], hyp, filters)
         if reason is not None:
             removed[reason] += 1
             if filters.on_filtered == "drop":
@@ -175,14 +176,14 @@ def main() -> None:
     parser.add_argument("--fail-fallback-share", type=float, default=FAIL_SHARE, help="fail above this share")
     args = parser.parse_args()
     if len(args.shards) != args.num_shards:
-        raise CorpusError(f"{len(args.shards)} shard files given for --num-shards {args.num_shards}")
+        raise DataError(f"{len(args.shards)} shard files given for --num-shards {args.num_shards}")
     filters = FilterConfig(args.min_length_ratio, args.max_length_ratio, args.max_repeat, args.max_repeat_ngram, args.on_filtered)
 
     ids = read_ids(args.ids)
     src_spm, ref_spm = read_parallel(args.src_spm, args.ref_spm, "train")
     src_text, ref_text = read_parallel(args.src_text, args.ref_text, "train")
     if len(src_spm) != len(ids) or len(src_text) != len(ids):
-        raise CorpusError(f"{args.ids}: {len(ids)} ids, but {args.src_spm} has {len(src_spm)} lines and {args.src_text} {len(src_text)}")
+        raise DataError(f"{args.ids}: {len(ids)} ids, but {args.src_spm} has {len(src_spm)} lines and {args.src_text} {len(src_text)}")
     records = reassemble(args.shards, ids, args.num_shards)
     log.info("reassembled %d records from %d shards", len(records), args.num_shards)
     sp = spm.load(args.spm_model)

@@ -19,7 +19,8 @@ import shutil
 from pathlib import Path
 
 from pipeline.cli import run
-from pipeline.corpus import CorpusError, count_lines
+from pipeline.corpus import count_lines
+from pipeline.errors import DataError
 
 log = logging.getLogger("pipeline.distill.binarize")
 COPIED_SPLITS = ("valid", "test")
@@ -30,7 +31,7 @@ def dataset_size(prefix: Path) -> int:
     from fairseq.data.indexed_dataset import MMapIndexedDataset
 
     if not Path(f"{prefix}.idx").exists():
-        raise CorpusError(f"{prefix}.idx: no such file")
+        raise DataError(f"{prefix}.idx: no such file")
     return len(MMapIndexedDataset(str(prefix)))
 
 
@@ -39,15 +40,15 @@ def binarize(trainpref: Path, src: str, tgt: str, teacher_bin: Path, destdir: Pa
     dicts = {lang: teacher_bin / f"dict.{lang}.txt" for lang in (src, tgt)}
     for lang, path in dicts.items():
         if not path.exists():
-            raise CorpusError(f"{path}: no such file (the teacher's {lang} dictionary)")
+            raise DataError(f"{path}: no such file (the teacher's {lang} dictionary)")
     pair = f"{src}-{tgt}"
     copied = [teacher_bin / f"{split}.{pair}.{lang}.{ext}" for split in COPIED_SPLITS for lang in (src, tgt) for ext in ("bin", "idx")]
     for path in copied:
         if not path.exists():
-            raise CorpusError(f"{path}: no such file (the teacher's binarised {path.name.split('.')[0]} set)")
+            raise DataError(f"{path}: no such file (the teacher's binarised {path.name.split('.')[0]} set)")
     lines = {lang: count_lines(f"{trainpref}.{lang}") for lang in (src, tgt)}
     if lines[src] != lines[tgt]:
-        raise CorpusError(f"{trainpref}.{src} has {lines[src]} lines but {trainpref}.{tgt} has {lines[tgt]}")
+        raise DataError(f"{trainpref}.{src} has {lines[src]} lines but {trainpref}.{tgt} has {lines[tgt]}")
 
     tmp = destdir.with_name(destdir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -62,10 +63,10 @@ def binarize(trainpref: Path, src: str, tgt: str, teacher_bin: Path, destdir: Pa
     preprocess.main(options.get_preprocessing_parser().parse_args(argv))  # in-process: one fairseq import
     for lang, path in dicts.items():
         if not filecmp.cmp(path, tmp / path.name, shallow=False):
-            raise CorpusError(f"{tmp / path.name}: differs from the teacher's dictionary {path}")
+            raise DataError(f"{tmp / path.name}: differs from the teacher's dictionary {path}")
         size = dataset_size(tmp / f"train.{pair}.{lang}")
         if size != lines[lang]:
-            raise CorpusError(f"{tmp}/train.{pair}.{lang}: {size} binarised sentences, {trainpref}.{lang} has {lines[lang]} lines")
+            raise DataError(f"{tmp}/train.{pair}.{lang}: {size} binarised sentences, {trainpref}.{lang} has {lines[lang]} lines")
     for path in copied:
         shutil.copyfile(path, tmp / path.name)  # a copy, not a link: a fresh mtime keeps Snakemake's times in order
     destdir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 An undertrained or overconfident teacher emits empty outputs, outputs far longer or shorter than
 the source, and loops ("a man a man a man ..."). Lengths are counted in SentencePiece pieces, the
-units the student is trained on. A pair is counted under the first filter it fails, in FILTERS order.
+units the student is trained on. A pair is counted under the first filter it fails, in HYPOTHESIS_FILTERS order.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-FILTERS = ("empty", "length_ratio", "repeat")
+HYPOTHESIS_FILTERS = ("empty", "length_ratio", "repeat")
 ON_FILTERED = ("reference", "drop")
 
 
@@ -45,7 +45,7 @@ def longest_repeat(tokens: Sequence[str], max_ngram: int) -> int:
     return best
 
 
-def rejection(src: str, hyp: str, cfg: FilterConfig) -> str | None:
+def hypothesis_rejection(src: str, hyp: str, cfg: FilterConfig) -> str | None:
     """The first filter the (spm source, spm hypothesis) pair fails, or None to keep the hypothesis."""
     hyp_tokens = hyp.split()
     if not hyp_tokens:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pipeline import spm
 from pipeline.cli import run
-from pipeline.distill.filters import ON_FILTERED, FilterConfig, rejection
+from pipeline.distill.filters import ON_FILTERED, FilterConfig, hypothesis_rejection
 from pipeline.distill.selection import METRICS, SELECTIONS, selector
 from pipeline.distill.shard_index import ShardIndex
 from pipeline.distill.shards import NBest, read_shard, shard_filename, shard_index_from_name, shard_name, shard_range
@@ -94,7 +94,7 @@ def postprocess(shard_path: Path, shard: int, index: ShardIndex, detok, selectio
                 rank = choose(record, ref_text[i])
                 hyp = record.hyps[rank].text
                 hyp_text = detok(hyp)
-                reason = rejection(src_spm[i], hyp, filters)
+                reason = hypothesis_rejection(src_spm[i], hyp, filters)
                 kept = reason is None or filters.on_filtered == "reference"
                 tgt_spm, tgt_text = (hyp, hyp_text) if reason is None else (ref_spm[i], ref_text[i])
                 stats.add_pair(rank, hyp_text, ref_text[i], reason, kept, src_spm[i], tgt_spm, ref_spm[i], tgt_text)

@@ -18,7 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.corpus import CorpusError, iter_lines
+from pipeline.corpus import iter_lines
+from pipeline.errors import DataError
 
 SHARD_FILE = re.compile(r"shard(\d+)-of-(\d+)\.jsonl$")
 
@@ -76,9 +77,9 @@ def read_ids(path: str | os.PathLike) -> list[int]:
         try:
             value = int(line)
         except ValueError:
-            raise CorpusError(f"{path}: line {number}: not an integer id: {line!r}") from None
+            raise DataError(f"{path}: line {number}: not an integer id: {line!r}") from None
         if value in seen:
-            raise CorpusError(f"{path}: line {number}: id {value} repeated")
+            raise DataError(f"{path}: line {number}: id {value} repeated")
         seen.add(value)
         ids.append(value)
     return ids
@@ -96,13 +97,13 @@ def _parse_record(path: Path, number: int, line: str) -> NBest:
         rid = obj["id"]
         hyps = tuple(Hyp(str(h["text"]), float(h["score"])) for h in obj["hyps"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise CorpusError(f"{where}: not a shard record ({type(err).__name__}: {err})") from None
+        raise DataError(f"{where}: not a shard record ({type(err).__name__}: {err})") from None
     if not isinstance(rid, int) or isinstance(rid, bool):
-        raise CorpusError(f"{where}: id {rid!r} is not an integer")
+        raise DataError(f"{where}: id {rid!r} is not an integer")
     if not hyps:
-        raise CorpusError(f"{where}: id {rid}: no hypotheses")
+        raise DataError(f"{where}: id {rid}: no hypotheses")
     if any(math.isnan(h.score) for h in hyps):
-        raise CorpusError(f"{where}: id {rid}: a hypothesis score is NaN")
+        raise DataError(f"{where}: id {rid}: a hypothesis score is NaN")
     return NBest(rid, hyps)
 
 
@@ -115,12 +116,12 @@ def read_shard(path: str | os.PathLike) -> list[NBest]:
 def check_shard(records: Sequence[NBest], expected_ids: Sequence[int], where: str, nbest: int | None = None) -> None:
     """A shard holds exactly its expected ids, in order, each with `nbest` hypotheses when given."""
     if len(records) != len(expected_ids):
-        raise CorpusError(f"{where}: {len(records)} records, expected {len(expected_ids)}")
+        raise DataError(f"{where}: {len(records)} records, expected {len(expected_ids)}")
     for position, (record, expected) in enumerate(zip(records, expected_ids, strict=True)):
         if record.id != expected:
-            raise CorpusError(f"{where}: record {position}: id {record.id}, expected id {expected}")
+            raise DataError(f"{where}: record {position}: id {record.id}, expected id {expected}")
         if nbest is not None and len(record.hyps) != nbest:
-            raise CorpusError(f"{where}: id {record.id}: {len(record.hyps)} hypotheses, expected {nbest}")
+            raise DataError(f"{where}: id {record.id}: {len(record.hyps)} hypotheses, expected {nbest}")
 
 
 def write_shard(path: str | os.PathLike, records: Iterable[NBest], expected_ids: Sequence[int], nbest: int | None = None) -> None:
@@ -162,25 +163,25 @@ def reassemble(paths: Iterable[str | os.PathLike], expected_ids: Sequence[int], 
     n = len(expected_ids)
     position = {rid: pos for pos, rid in enumerate(expected_ids)}
     if len(position) != n:
-        raise CorpusError("training ids repeat: reassembly by id is impossible")
+        raise DataError("training ids repeat: reassembly by id is impossible")
     found: dict[int, NBest] = {}
     source: dict[int, str] = {}
     for path in paths:
         name = Path(path).name
         parsed = shard_index_from_name(path)
         if parsed is not None and parsed[1] != shards:
-            raise CorpusError(f"shard {name}: made for {parsed[1]} shards, this run has {shards}")
+            raise DataError(f"shard {name}: made for {parsed[1]} shards, this run has {shards}")
         for record in read_shard(path):
             pos = position.get(record.id)
             if pos is None:
-                raise CorpusError(f"shard {name}: foreign id {record.id}: not in the training ids")
+                raise DataError(f"shard {name}: foreign id {record.id}: not in the training ids")
             owner = shard_of_position(pos, n, shards)
             if parsed is not None and parsed[0] != owner:
-                raise CorpusError(
+                raise DataError(
                     f"shard {name}: foreign id {record.id}: it belongs to shard {shard_name(owner, shards)}"
                 )
             if record.id in found:
-                raise CorpusError(f"shard {name}: duplicated id {record.id} (also in shard {source[record.id]})")
+                raise DataError(f"shard {name}: duplicated id {record.id} (also in shard {source[record.id]})")
             found[record.id] = record
             source[record.id] = name
     if len(found) != n:
@@ -194,5 +195,5 @@ def reassemble(paths: Iterable[str | os.PathLike], expected_ids: Sequence[int], 
             parts.append(
                 f"shard {shard_filename(index, shards)}: {len(ids)} of its {end - start} ids missing (first: id {ids[0]})"
             )
-        raise CorpusError("; ".join(parts))
+        raise DataError("; ".join(parts))
     return [found[rid] for rid in expected_ids]

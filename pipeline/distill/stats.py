@@ -15,7 +15,7 @@ from fractions import Fraction
 
 from sacrebleu.metrics import BLEU, CHRF
 
-from pipeline.distill.filters import FILTERS, FilterConfig
+from pipeline.distill.filters import HYPOTHESIS_FILTERS, FilterConfig
 
 UNK = "<unk>"
 
@@ -86,7 +86,7 @@ class DistillStats:
     pairs_in: int = 0
     pairs_out: int = 0
     selected_rank: Counter = field(default_factory=Counter)
-    filtered: dict = field(default_factory=lambda: dict.fromkeys(FILTERS, 0))
+    filtered: dict = field(default_factory=lambda: dict.fromkeys(HYPOTHESIS_FILTERS, 0))
     differ: int = 0
     unk: int = 0
     ratio_src: Fraction = Fraction(0)
@@ -129,7 +129,7 @@ class DistillStats:
         self.pairs_in += other.pairs_in
         self.pairs_out += other.pairs_out
         self.selected_rank.update(other.selected_rank)
-        for name in FILTERS:
+        for name in HYPOTHESIS_FILTERS:
             self.filtered[name] += other.filtered[name]
         self.differ += other.differ
         self.unk += other.unk
@@ -151,12 +151,12 @@ class DistillStats:
     @classmethod
     def from_json(cls, data: dict) -> DistillStats:
         filtered = data["filtered"]
-        if set(filtered) != set(FILTERS):
-            raise ValueError(f"filters {sorted(filtered)}, expected {sorted(FILTERS)}")
+        if set(filtered) != set(HYPOTHESIS_FILTERS):
+            raise ValueError(f"filters {sorted(filtered)}, expected {sorted(HYPOTHESIS_FILTERS)}")
         return cls(
             pairs_in=data["pairs_in"], pairs_out=data["pairs_out"],
             selected_rank=Counter({int(k): v for k, v in data["selected_rank"].items()}),
-            filtered={name: filtered[name] for name in FILTERS}, differ=data["differ"], unk=data["unk"],
+            filtered={name: filtered[name] for name in HYPOTHESIS_FILTERS}, differ=data["differ"], unk=data["unk"],
             ratio_src=Fraction(data["ratio_src"]), ratio_ref=Fraction(data["ratio_ref"]),
             distilled=CorpusScore.from_json(data["distilled"]), selected=CorpusScore.from_json(data["selected"]),
         )

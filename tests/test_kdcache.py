@@ -287,6 +287,7 @@ def test_dry_run_plans_the_caches_and_passes_them_to_the_word_kd_students(tmp_pa
     assert counts["kdcache_shard"] == 2 * 2 * shards and counts["kdcache_index"] == 2, counts  # 2 caches x train, valid
     commands = train_commands(proc.stdout)
     assert commands["student_word_kd_a0.5_t1"].endswith("--kd-topk 8 --kd-teacher-cache work/kdcache/reference "
+                                                         "--tensorboard-logdir results/tb/student_word_kd_a0.5_t1 "
                                                          ">> logs/train/student_word_kd_a0.5_t1.log 2>&1")
     assert "--kd-teacher-cache work/kdcache/distilled" in commands["student_seq_word_kd_a0.5_t1"]
     assert "--kd-teacher-cache" not in commands["student_baseline"] + commands["student_seq_kd"]

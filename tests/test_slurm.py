@@ -57,12 +57,13 @@ class Target:
 
 DATA_RULES = {"fetch_corpus", "normalize", "clean_train", "spm_train", "spm_encode", "binarize"}
 PIPELINE_RULES = DATA_RULES | {"train_model", "distill_shard_index", "distill_decode_shard", "distill_postprocess",
-                                "distill_merge", "distill_binarize",
+                                "distill_merge", "distill_binarize", "kdcache_shard",
                                 "evaluate_model", "ct2_convert", "evaluate_model_ct2", "report_summary"}
 TARGETS = [
     # the whole smoke pipeline: data, teacher, distillation, four students, evaluation, report
     Target("pipeline", ("all",), frozenset(PIPELINE_RULES),
-           gpus={"train_model": 1, "distill_decode_shard": 1, "evaluate_model": 1, "evaluate_model_ct2": 1}),
+           gpus={"train_model": 1, "distill_decode_shard": 1, "kdcache_shard": 1, "evaluate_model": 1,
+                 "evaluate_model_ct2": 1}),
     Target(
         "probes", ("all",), frozenset({"gpu_probe", "flaky", "gpu_tasks_probe"}), snakefile=PROBES, smoke_config=False,
         gpus={"gpu_probe": None, "gpu_tasks_probe": 2}, fail_once="flaky",
@@ -78,7 +79,8 @@ MULTITASK = Target(
     overrides={
         "resources": {"train": {"threads": 1, "gpus": 0, "tasks": 2, "mem_mb": 2000, "runtime": 30}},
         "train": {"max_update": 6, "validate_interval_updates": 3, "save_interval_updates": 3, "log_interval": 2},
-        "students": {"variants": ["word_kd"]},
+        # the online teacher: each rank loads its own, outside DDP (the cached path reads files instead)
+        "students": {"variants": ["word_kd"], "kd_cache": False, "kd_topk": 0},
     },
 )
 TARGETS.append(MULTITASK)

@@ -194,14 +194,20 @@ def test_ensemble_of_two_plans_two_teachers_an_ensemble_distillation_and_student
 
 def test_ensemble_decodes_through_decode_shard_and_evaluate(smoke_data, tiny_teacher, second_teacher, tmp_path):
     data = smoke_data / "work/data/bin"
-    (tmp_path / "src").write_text("".join((smoke_data / "work/data/spm/train.de").read_text().splitlines(True)[:6]))
-    (tmp_path / "ids").write_text("".join((smoke_data / "work/data/clean/train.ids").read_text().splitlines(True)[:6]))
+    first_six = {}  # the first six training pairs, indexed as one shard (pipeline.distill.shard_index)
+    for role, path in (("ids", "clean/train.ids"), ("src-spm", "spm/train.de"), ("ref-spm", "spm/train.en"),
+                       ("src-text", "clean/train.de"), ("ref-text", "clean/train.en")):
+        first_six[role] = tmp_path / role
+        first_six[role].write_text("".join((smoke_data / "work/data" / path).read_text().splitlines(True)[:6]))
+    index = tmp_path / "index.json"
+    proc = run_cli("pipeline.distill.shard_index", "--shard-size", "6", "--out", str(index),
+                   *[arg for role, path in first_six.items() for arg in (f"--{role}", str(path))])
+    assert proc.returncode == 0, proc.stdout[-3000:]
 
     def decode(model: str, name: str) -> tuple[list[dict], str]:
         out = tmp_path / name / "shard000-of-001.jsonl"
-        proc = run_cli("pipeline.distill.decode_shard", "--model", model, "--data", str(data), "--source", str(tmp_path / "src"),
-                       "--ids", str(tmp_path / "ids"), "--shard", "0", "--num-shards", "1", "--beam", "2", "--nbest", "2",
-                       "--cpu", "--out", str(out))
+        proc = run_cli("pipeline.distill.decode_shard", "--model", model, "--data", str(data), "--index", str(index),
+                       "--shard", "0", "--num-shards", "1", "--beam", "2", "--nbest", "2", "--cpu", "--out", str(out))
         assert proc.returncode == 0, proc.stdout[-3000:]
         return [json.loads(line) for line in out.read_text().splitlines()], proc.stdout
 

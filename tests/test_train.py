@@ -138,13 +138,16 @@ def test_run_identity_follows_data_and_teacher(tmp_path: Path):
 
 
 # config/config.yaml holds every training setting's value: the specs below start from it
-DEFAULT_TRAIN = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]
+DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+DEFAULT_TRAIN = DEFAULT_CONFIG["train"]
+# the teacher keys besides its training settings (ensemble, external checkpoints, ...), as config.yaml has them
+DEFAULT_TEACHER = {key: value for key, value in DEFAULT_CONFIG["teacher"].items() if key != "train"}
 
 
 def test_student_specs_expand_alpha_and_temperature():
     config = {
         "train": {**DEFAULT_TRAIN, "lr": 1e-3, "warmup_updates": 10, "max_tokens": 100},
-        "teacher": {"preset": "tiny"},
+        "teacher": {**DEFAULT_TEACHER, "preset": "tiny"},
         "students": {"preset": "tiny", "variants": ["baseline", "seq_kd", "seq_word_kd"],
                      "alpha": [0.1, 0.5, 0.9], "temperature": [1.0], "train": {"lr": 5e-4}},
     }
@@ -162,7 +165,7 @@ def test_student_specs_expand_alpha_and_temperature():
 def test_linear_lr_schedule_needs_max_update():
     config = {
         "train": {**DEFAULT_TRAIN, "lr": 1e-3, "warmup_updates": 10, "max_tokens": 100},
-        "teacher": {"preset": "tiny"},
+        "teacher": {**DEFAULT_TEACHER, "preset": "tiny"},
         "students": {"preset": "tiny", "variants": ["baseline"], "train": {"lr_scheduler": "linear"}},
     }
     with pytest.raises(ConfigError, match=r"students\.train\.lr_scheduler.*students\.train\.max_update"):

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from pipeline.models import ModelSpec, fairseq_train_args
 from pipeline.presets import preset_args
 from pipeline.train import ALLOCATOR_ENV, PLUGINS
@@ -36,8 +38,10 @@ BASELINE = {"MALLOC_MMAP_MAX_": None, "MALLOC_TRIM_THRESHOLD_": None}
 
 def train_command(data: Path, save_dir: Path, preset: str, updates: int, interval: int, max_tokens: int,
                   teacher: str | None) -> list[str]:
-    settings = {"lr": 0.002, "warmup_updates": 400, "max_tokens": max_tokens, "max_update": updates,
-                "log_interval": interval, "patience": -1}
+    # the training defaults of every model (config/config.yaml, their one home), with the benchmark's own
+    defaults = yaml.safe_load((Path(__file__).resolve().parents[2] / "config" / "config.yaml").read_text())["train"]
+    settings = {**defaults, "lr": 0.002, "warmup_updates": 400, "max_tokens": max_tokens, "max_update": updates,
+                "max_epoch": 0, "log_interval": interval, "patience": -1, "extra_args": {}}
     spec = ModelSpec("bench", preset, criterion="word_kd" if teacher else "label_smoothed_cross_entropy",
                      alpha=0.5 if teacher else None, temperature=1.0 if teacher else None, train=settings)
     return [sys.executable, "-m", "fairseq_cli.train", str(data), "--task", "translation", *preset_args(preset),

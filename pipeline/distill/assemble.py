@@ -43,8 +43,9 @@ from pipeline import spm
 from pipeline.cli import run
 from pipeline.corpus import read_parallel, write_lines
 from pipeline.distill.fallback import FAIL_SHARE, WARN_SHARE, check_fallback
-from pipeline.distill.filters import HYPOTHESIS_FILTERS, ON_FILTERED, FilterConfig, hypothesis_rejection
-from pipeline.distill.selection import METRICS, SELECTIONS, selector
+from pipeline.distill.filters import HYPOTHESIS_FILTERS, FilterConfig, hypothesis_rejection
+from pipeline.distill.postprocess import add_selection_arguments
+from pipeline.distill.selection import selector
 from pipeline.distill.shards import NBest, read_ids, reassemble
 from pipeline.errors import DataError
 
@@ -163,14 +164,7 @@ def main() -> None:
     for name in ("ids", "src-spm", "ref-spm", "src-text", "ref-text", "spm-model",
                  "out-src", "out-tgt", "out-ids", "text-src", "text-tgt", "stats"):
         parser.add_argument(f"--{name}", type=Path, required=True)
-    parser.add_argument("--selection", choices=SELECTIONS, default="seq_inter")
-    parser.add_argument("--metric", choices=METRICS, default="chrf")
-    defaults = FilterConfig()
-    parser.add_argument("--min-length-ratio", type=float, default=defaults.min_length_ratio)
-    parser.add_argument("--max-length-ratio", type=float, default=defaults.max_length_ratio)
-    parser.add_argument("--max-repeat", type=int, default=defaults.max_repeat)
-    parser.add_argument("--max-repeat-ngram", type=int, default=defaults.max_repeat_ngram)
-    parser.add_argument("--on-filtered", choices=ON_FILTERED, default=defaults.on_filtered)
+    add_selection_arguments(parser)  # the same flags and defaults as the per-shard path
     parser.add_argument("--max-fallback-share", type=float, default=WARN_SHARE,
                         help="warn when more pairs than this share fall back to the reference or are dropped")
     parser.add_argument("--fail-fallback-share", type=float, default=FAIL_SHARE, help="fail above this share")

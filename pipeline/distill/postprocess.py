@@ -127,7 +127,8 @@ def postprocess(shard_path: Path, shard: int, index: ShardIndex, detok, selectio
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--selection", choices=SELECTIONS, default="top1")
+    """The target selection and filter flags (defaults: config distill.selection, distill.filters)."""
+    parser.add_argument("--selection", choices=SELECTIONS, default="seq_inter")
     parser.add_argument("--metric", choices=METRICS, default="chrf")
     defaults = FilterConfig()
     parser.add_argument("--min-length-ratio", type=float, default=defaults.min_length_ratio)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -77,6 +78,19 @@ class AtomicOutputs:
         for tmp, path in zip(self._tmps, self.paths, strict=True):
             os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide outputs from the rest of a group
             os.replace(tmp, path)
+
+
+def publish_dir(tmp: Path, dest: Path) -> None:
+    """Put a complete directory written under a temporary name in place of `dest` (replacing an old one).
+
+    mkdtemp's 0700 would hide it from the rest of a group, so it gets the umask's permissions first.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
 
 
 def chunks(items: Iterable, size: int = CHUNK_LINES) -> Iterator[list]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -37,6 +36,7 @@ from pipeline.distill.shard_index import ShardIndex
 from pipeline.distill.shards import NBest, read_shard, shard_filename, shard_index_from_name, shard_name, shard_range
 from pipeline.distill.stats import DistillStats
 from pipeline.errors import DataError
+from pipeline.streaming import publish_dir
 
 log = logging.getLogger("pipeline.distill.postprocess")
 PART_FILES = ("src.spm", "tgt.spm", "ids", "src.txt", "tgt.txt")  # in this order in every shard's OUT_DIR
@@ -114,12 +114,7 @@ def postprocess(shard_path: Path, shard: int, index: ShardIndex, detok, selectio
             "stats": stats.to_json(),
         }
         (tmp / STATS_FILE).write_text(json.dumps(meta) + "\n", encoding="utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the part from the rest of a group
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -37,6 +37,7 @@ import numpy as np
 
 from pipeline.distill.shards import shard_name, shard_range
 from pipeline.errors import DataError
+from pipeline.streaming import publish_dir
 
 FORMAT = "kdcache-1"
 INDEX_FILE = "cache.json"
@@ -160,12 +161,7 @@ def write_shard(path: str | os.PathLike, *, lengths: Sequence[int], index: np.nd
                 "values": VALUE_KIND}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         read_shard(tmp)  # reads back what was written
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the cache from the rest of a group
-        if path.exists():
-            shutil.rmtree(path)
-        os.rename(tmp, path)
+        publish_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -14,6 +14,14 @@ REPO = Path(__file__).resolve().parent.parent
 MIRROR = (REPO.parent / "shared" / "data" / "multi30k").resolve()
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
+# Every Snakemake process loads the installed Slurm executor plugin, which runs `scontrol show config`
+# as it is imported. Where the Slurm packages are installed but no controller answers (a CI image with
+# them, this machine after tests/test_slurm.py stopped its cluster), scontrol retries for 9 s before
+# it gives up: 9 s more for each Snakemake run of the suite and for importing the plugin here. An empty
+# config makes scontrol fail at once. The local runs need no Slurm; the Slurm tests (slurm_cluster)
+# set the real config for their runs and jobs.
+os.environ["SLURM_CONF"] = os.devnull
+
 
 def deep_merge(base: dict, extra: dict) -> dict:
     out = dict(base)

@@ -221,6 +221,11 @@ def test_second_experiment_shares_upstream_work_and_compares(smoke_run):
         link = work / f"results/alpha09/tb/{name}"
         assert link.is_symlink() and link.resolve() == (work / second.model_dir(name) / "tb").resolve()
         assert any(link.iterdir()), name  # fairseq's event files
+    # what `tensorboard --logdir results/alpha09/tb` finds: event files of every model, through the links
+    from tensorboard.backend.event_processing import io_wrapper
+
+    tb = work / "results/alpha09/tb"
+    assert {Path(run).relative_to(tb).parts[0] for run in io_wrapper.GetLogdirSubdirectories(str(tb))} == set(second.specs)
     settings = json.loads((work / second.model_dir("student_seq_word_kd_a0.9_t1") / "settings.json").read_text())
     assert settings["key"] == second.models["student_seq_word_kd_a0.9_t1"].key
     assert settings["settings"]["alpha"] == 0.9 and settings["settings"]["data"] == first.distill.key

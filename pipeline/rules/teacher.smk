@@ -62,9 +62,6 @@ rule train_model:
         command=train_command,
         # A changed training setting retrains this model (and what depends on it).
         settings=lambda wildcards: repr(MODELS[MODEL_NAMES[wildcards.mdir]]),
-        # the experiment's link to the logs, made before training so that its curves show while it trains
-        tb_link=lambda wildcards: TB_LINK.format(model=MODEL_NAMES[wildcards.mdir]),
-        tb_target=lambda wildcards: tb_link_target(MODEL_NAMES[wildcards.mdir]),
     log:
         "logs/train/{mdir}.log",
     benchmark:
@@ -77,7 +74,10 @@ rule train_model:
     retries: 1
     shell:
         "export OMP_NUM_THREADS={threads}; "
-        "mkdir -p $(dirname {params.tb_link}) && ln -sfn {params.tb_target} {params.tb_link}; "
+        # the experiment's link to the logs (results/<experiment>/tb/<name>; <name>: the directory's name less
+        # its key), made before training so that the curves show while it trains. Not a parameter: another
+        # experiment that shares the model must not retrain it.
+        "mdir={wildcards.mdir}; mkdir -p {RESULTS}/tb && ln -sfn ../../../work/models/$mdir/tb {RESULTS}/tb/${{mdir%-*}}; "
         "{PY} -m pipeline.settings continue work/models/{wildcards.mdir} >> {log} 2>&1; "
         "{PY} -m pipeline.devices --gpus {resources.gpu} -- "
         "{PY} -m pipeline.train {params.command} >> {log} 2>&1"

@@ -31,7 +31,7 @@ def run_stage(module: str, *args: str, stdin: str | None = None, cwd: Path | Non
 
 @pytest.fixture(scope="module")
 def data(smoke_data) -> Path:
-    return smoke_data / "work" / "data"
+    return data_dir(smoke_data)
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def build_args(teacher, data, cache, topk=TOPK, shards=SHARDS) -> list[str]:
 
 @pytest.fixture(scope="module")
 def bin_dir(smoke_data) -> Path:
-    return smoke_data / "work" / "data" / "bin"
+    return data_dir(smoke_data) / "bin"
 
 
 @pytest.fixture(scope="module")

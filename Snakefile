@@ -1,7 +1,9 @@
 """Sequence-level knowledge distillation for NMT: data -> teacher -> distill -> students -> evaluate -> report.
 
 Run from the repository root: `snakemake --profile profiles/default [TARGET]`.
-Targets: data, teacher, distill, students, evaluate, report, all (the default), export.
+Targets: data, teacher, distill, students, evaluate, report, all (the default), export, compare.
+Every stage writes into a directory keyed by its settings (work/<stage>/<name>-<key>/, pipeline.settings);
+an experiment (config `experiment`) has its evaluations and report in results/<experiment>/.
 """
 
 import os
@@ -32,6 +34,7 @@ include: "pipeline/rules/ct2.smk"
 include: "pipeline/rules/evaluate.smk"
 include: "pipeline/rules/report.smk"
 include: "pipeline/rules/export.smk"
+include: "pipeline/rules/experiments.smk"
 
 
 rule all:

@@ -1,7 +1,7 @@
 """`python -m pipeline.ct2 convert ...`: convert a fairseq checkpoint to a CTranslate2 model directory.
 
-    python -m pipeline.ct2 convert --model work/models/teacher/model.pt --out work/ct2/teacher \
-        [--data work/data/bin] [--spm work/data/spm/spm.model] [--quantization float32] [--no-normalize] [--vmap FILE]
+    python -m pipeline.ct2 convert --model work/models/teacher-<key>/model.pt --out work/ct2/teacher-<key> \
+        [--data work/data/<dir>/bin] [--spm work/data/<dir>/spm/spm.model] [--quantization float32] [--no-normalize] [--vmap FILE]
 
 The command line the rules run; the code lives in pipeline.decoding (convert: the conversion;
 ct2_backend: loading and decoding; compute: compute types and threads; ct2_dir: the directory).

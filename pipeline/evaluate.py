@@ -1,14 +1,14 @@
 """Evaluate one model on one evaluation set: beam and greedy decoding, BLEU and chrF, speed, size.
 
-    python -m pipeline.evaluate --model work/models/teacher/model.pt --name teacher --set test \
-        --split test --data work/data/bin --ref work/data/raw/test.en --spm work/data/spm/spm.model \
-        --json results/eval/teacher/test.json [--spec work/models/teacher/spec.json] \
-        --beam-hyps results/eval/teacher/test.beam.txt --greedy-hyps results/eval/teacher/test.greedy.txt
+    python -m pipeline.evaluate --model work/models/teacher-<key>/model.pt --name teacher --set test \
+        --split test --data work/data/<dir>/bin --ref work/data/<dir>/raw/test.en --spm work/data/<dir>/spm/spm.model \
+        --json results/<experiment>/eval/teacher/test.json [--spec work/models/teacher-<key>/spec.json] \
+        --beam-hyps results/<experiment>/eval/teacher/test.beam.txt --greedy-hyps results/<experiment>/eval/teacher/test.greedy.txt
     (an extra set: --src-text USER_RAW_SOURCE instead of --split; it is normalised and spm-encoded here)
 
-    python -m pipeline.evaluate --backend ctranslate2 --ct2-model work/ct2/teacher --compute-type int8 \
-        --name teacher --set test --src-pieces work/data/spm/test.de --ref work/data/raw/test.en \
-        --json results/eval/teacher/test.ct2-int8.json
+    python -m pipeline.evaluate --backend ctranslate2 --ct2-model work/ct2/teacher-<key> --compute-type int8 \
+        --name teacher --set test --src-pieces work/data/<dir>/spm/test.de --ref work/data/<dir>/raw/test.en \
+        --json results/<experiment>/eval/teacher/test.ct2-int8.json
     (the same measurements with CTranslate2; the source as spm pieces or raw text, not a binarised split;
     the JSON adds "backend", "compute_type" and "ct2_model"; model_size holds model.bin's bytes and weight type)
 

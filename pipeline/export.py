@@ -1,10 +1,10 @@
 """Export a model for deployment: a self-contained CTranslate2 directory (int8) with its BLEU and speed.
 
-    python -m pipeline.export --model work/models/student_seq_kd/model.pt --name student_seq_kd \
-        --out export/student_seq_kd --data work/data/bin --spm work/data/spm/spm.model \
-        --src-pieces work/data/spm/test.de --ref work/data/raw/test.en --set test \
-        [--quantization int8] [--compute-types auto float32] [--fairseq-eval results/eval/student_seq_kd/test.json]
-        [--spec work/models/student_seq_kd/spec.json]
+    python -m pipeline.export --model work/models/student_seq_kd-<key>/model.pt --name student_seq_kd \
+        --out export/student_seq_kd --data work/data/<dir>/bin --spm work/data/<dir>/spm/spm.model \
+        --src-pieces work/data/<dir>/spm/test.de --ref work/data/<dir>/raw/test.en --set test \
+        [--quantization int8] [--compute-types auto float32] [--fairseq-eval results/<experiment>/eval/student_seq_kd/test.json]
+        [--spec work/models/student_seq_kd-<key>/spec.json]
 
 The directory holds CTranslate2's model (model.bin, config.json, vocabulary), the SentencePiece
 model, pipeline.json (languages, normalisation, settings, the measurements) and a README with the

@@ -1,9 +1,9 @@
 """The comparison every run ends with: a table per evaluation set, the students chosen on dev, and plots.
 
-    python -m pipeline.report --evals results/eval/*/*.json --set test --curves results/train/*.jsonl \
-        --csv results/summary.csv --best-csv results/summary_best.csv --md results/summary.md \
-        --plots results/plots [--ct2-evals results/eval/*/*.ct2-*.json --ct2-csv results/summary_ct2.csv]
-        [--distill-stats results/distill/stats.json]
+    python -m pipeline.report --evals results/<experiment>/eval/*/*.json --set test --curves results/<experiment>/train/*.jsonl \
+        --csv results/<experiment>/summary.csv --best-csv results/<experiment>/summary_best.csv --md results/<experiment>/summary.md \
+        --plots results/<experiment>/plots [--ct2-evals results/<experiment>/eval/*/*.ct2-*.json --ct2-csv results/<experiment>/summary_ct2.csv]
+        [--distill-stats work/distill/<dir>/stats.json]
 
 BLEU/chrF are beam-search scores; speeds are sentences per second. Each evaluation carries its model's
 spec.json (key "spec", written by the workflow beside model.pt): variant, alpha, temperature and seed
@@ -22,7 +22,7 @@ CTranslate2 evaluations (evaluate.backends) add a table and their points in the 
 set and compute type, BLEU and speed against the same model under fairseq (what quantisation costs
 and buys) and the speed-up against the fairseq teacher.
 Students on distilled targets (spec "targets": "distilled") show the distillation's fallback share
-(results/distill/stats.json "fallback_share": pairs whose target the filters replaced by the reference
+(work/distill/<dir>/stats.json "fallback_share": pairs whose target the filters replaced by the reference
 or dropped): a student with a high share learnt mostly the references.
 """
 
@@ -168,7 +168,7 @@ def reference_baseline(rows: list[dict], chosen: dict[str, dict]) -> str | None:
 
 
 def add_fallback_share(rows: list[dict], stats_path: Path | None) -> None:
-    """fallback_share of the distillation (results/distill/stats.json) on the rows of students on distilled targets."""
+    """fallback_share of the distillation (work/distill/<dir>/stats.json) on the rows of students on distilled targets."""
     share = None
     if stats_path is not None:
         try:
@@ -522,15 +522,15 @@ def main() -> None:
                         help="paired bootstrap resamples (config report.bootstrap.samples)")
     parser.add_argument("--bootstrap-seed", type=int, default=Bootstrap.seed,
                         help="the resampling's seed, > 0 (config report.bootstrap.seed)")
-    parser.add_argument("--curves", type=Path, nargs="*", default=[], help="results/train/<model>.jsonl files")
+    parser.add_argument("--curves", type=Path, nargs="*", default=[], help="results/<experiment>/train/<model>.jsonl files")
     parser.add_argument("--csv", type=Path, required=True, help="every model on every set (a set column)")
     parser.add_argument("--best-csv", type=Path, help="the students chosen on --choose-on, on --set")
     parser.add_argument("--md", type=Path, required=True)
     parser.add_argument("--plots", type=Path, required=True, help="directory for the PNG plots")
     parser.add_argument("--ct2-evals", type=Path, nargs="*", default=[],
-                        help="CTranslate2 evaluation JSON files (results/eval/<model>/<set>.ct2-<type>.json)")
+                        help="CTranslate2 evaluation JSON files (results/<experiment>/eval/<model>/<set>.ct2-<type>.json)")
     parser.add_argument("--ct2-csv", type=Path, help="their table as CSV (with --ct2-evals)")
-    parser.add_argument("--distill-stats", type=Path, help="results/distill/stats.json: the fallback share of distilled students")
+    parser.add_argument("--distill-stats", type=Path, help="work/distill/<dir>/stats.json: the fallback share of distilled students")
     args = parser.parse_args()
     if args.bootstrap_samples < 1 or args.bootstrap_seed < 1:
         parser.error("--bootstrap-samples and --bootstrap-seed must be positive (sacreBLEU takes seed 0 for unseeded)")

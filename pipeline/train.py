@@ -1,7 +1,7 @@
 """Train one model with fairseq-train, resumably, then write its final checkpoint.
 
-    python -m pipeline.train --data work/data/bin --save-dir work/models/teacher/checkpoints \
-        --output work/models/teacher/model.pt --preset teacher_cpu --metrics results/train/teacher.jsonl \
+    python -m pipeline.train --data work/data/<dir>/bin --save-dir work/models/teacher-<key>/checkpoints \
+        --output work/models/teacher-<key>/model.pt --preset teacher_cpu --metrics work/models/teacher-<key>/train.jsonl \
         [--best-metric loss|bleu] [--average-last N] [--fp16] -- FAIRSEQ_TRAIN_OPTIONS...
 
 Training state lives in --save-dir, which no Snakemake rule declares: a killed or time-limited

@@ -1,13 +1,13 @@
 """Translate raw text with any trained model, end to end.
 
-    python -m pipeline.translate --model work/models/teacher/model.pt < input.de > output.en
-    python -m pipeline.translate --model work/models/student_baseline/model.pt --beam 1 -i in.de -o out.en
+    python -m pipeline.translate --model work/models/teacher-<key>/model.pt < input.de > output.en
+    python -m pipeline.translate --model work/models/student_baseline-<key>/model.pt --beam 1 -i in.de -o out.en
 
 Source lines are Moses punctuation-normalised and SentencePiece-encoded as in the data stage,
 decoded, and the output SentencePiece-decoded and Moses-detokenised: plain text in, plain text out,
 one line per line. The SentencePiece model, the dictionaries and the languages are found from the
 model unless given: spm.model beside it first, else the data stage's (../spm/spm.model beside the
-checkpoint's training data directory, work/data/bin). The decoding flags are pipeline.decoding's.
+checkpoint's training data directory, work/data/<dir>/bin). The decoding flags are pipeline.decoding's.
 
 Backends: a fairseq checkpoint (a .pt file, or a directory with model.pt), or a CTranslate2 model
 directory (model.bin: `python -m pipeline.ct2 convert`, or an exported student, `snakemake export`),
@@ -80,10 +80,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[1:]))
-    parser.add_argument("--model", required=True, help="fairseq checkpoint (e.g. work/models/teacher/model.pt) "
+    parser.add_argument("--model", required=True, help="fairseq checkpoint (e.g. work/models/teacher-<key>/model.pt) "
                         "or CTranslate2 model directory (e.g. export/teacher)")
     parser.add_argument("--spm", help="SentencePiece model (default: spm.model beside the model, else the data stage's)")
-    parser.add_argument("--data", help="directory with the dictionaries (default: the checkpoint's, work/data/bin)")
+    parser.add_argument("--data", help="directory with the dictionaries (default: the checkpoint's, work/data/<dir>/bin)")
     parser.add_argument("--src", help="source language (default: the model's)")
     parser.add_argument("--tgt", help="target language (default: the model's)")
     parser.add_argument("-i", "--input", type=Path, help="input file (default: stdin)")

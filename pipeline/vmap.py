@@ -1,6 +1,6 @@
 """Vocabulary shortlist (CTranslate2 "vmap") from a parallel corpus in SentencePiece pieces.
 
-    python -m pipeline.vmap --src work/data/spm/train.de --tgt work/data/spm/train.en \
+    python -m pipeline.vmap --src work/data/<dir>/spm/train.de --tgt work/data/<dir>/spm/train.en \
         --out work/ct2/vmap.txt [--frequent 50] [--per-source 10]
 
 With a vmap, CTranslate2 scores each batch against only the target pieces its source pieces map
@@ -74,7 +74,7 @@ def write_vmap(path: Path, always: list[str], mapping: dict[str, list[str]]) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--src", type=Path, required=True, help="spm-encoded source side (work/data/spm/train.de)")
+    parser.add_argument("--src", type=Path, required=True, help="spm-encoded source side (work/data/<dir>/spm/train.de)")
     parser.add_argument("--tgt", type=Path, required=True, help="spm-encoded target side, line-aligned")
     parser.add_argument("--out", type=Path, required=True, help="vmap file to write")
     parser.add_argument("--frequent", type=int, default=50, help="most frequent target pieces, always allowed")

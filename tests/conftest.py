@@ -44,6 +44,40 @@ def write_config(workdir: Path, overrides: dict | None = None) -> Path:
     return path
 
 
+def workflow_config(config: Path | None = None) -> dict:
+    """The config as the Snakefile sees it: config/config.yaml with the configfile merged in key by key."""
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    return deep_merge(cfg, yaml.safe_load(config.read_text()) or {}) if config is not None else cfg
+
+
+def stages(workdir: Path, config: Path | None = None):
+    """The keyed stage directories (pipeline.settings.Layout) of a run in workdir; config: its configfile
+    (default: workdir/test_config.yaml, what write_config(workdir) writes)."""
+    from pipeline.settings import stage_layout
+
+    return stage_layout(workflow_config(config or workdir / "test_config.yaml"), root=workdir)
+
+
+def data_dir(workdir: Path, config: Path | None = None) -> Path:
+    """The data stage's directory of a run in workdir (work/data/<src>-<tgt>-<key>)."""
+    return workdir / stages(workdir, config).data_dir
+
+
+def distill_dir(workdir: Path, config: Path | None = None) -> Path:
+    """The distillation's directory of a run in workdir (work/distill/<selection>_beam<N>-<key>)."""
+    return workdir / stages(workdir, config).distill_dir
+
+
+def model_dir(workdir: Path, name: str, config: Path | None = None) -> Path:
+    """A model's directory of a run in workdir (work/models/<name>-<key>)."""
+    return workdir / stages(workdir, config).model_dir(name)
+
+
+def results_dir(workdir: Path, config: Path | None = None) -> Path:
+    """The experiment's results of a run in workdir (results/<experiment>)."""
+    return workdir / stages(workdir, config).results_dir
+
+
 def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
     """Run the real Snakefile in workdir; returns the finished process (stdout and stderr joined)."""
     cmd = [*SNAKEMAKE, *args, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2"]
@@ -93,4 +127,4 @@ def train_tiny(bin_dir: Path, save_dir: Path, max_update: int = 40, extra: list[
 @pytest.fixture(scope="session")
 def tiny_teacher(smoke_data, tmp_path_factory) -> Path:
     """A tiny transformer trained for a few updates on the smoke data: its checkpoint path."""
-    return train_tiny(smoke_data / "work" / "data" / "bin", tmp_path_factory.mktemp("tiny_teacher"))
+    return train_tiny(data_dir(smoke_data) / "bin", tmp_path_factory.mktemp("tiny_teacher"))

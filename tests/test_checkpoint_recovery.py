@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, data_dir
 
 from pipeline import checkpoints
 from pipeline.errors import ModelError
@@ -131,7 +131,7 @@ def train_cli(data: Path, save_dir: Path, max_update: int, env: dict[str, str] |
 
 def test_rerun_resumes_from_the_interval_checkpoint_after_a_killed_copy(smoke_data: Path, tmp_path: Path):
     save_dir = tmp_path / "model" / "checkpoints"
-    first = train_cli(smoke_data / "work/data/bin", save_dir, max_update=30)
+    first = train_cli(data_dir(smoke_data) / "bin", save_dir, max_update=30)
     assert first.returncode == 0, first.stderr[-3000:]
     # fairseq saved update 30 as an interval checkpoint, then copied it to checkpoint_last.pt: kill that copy
     (interval,) = save_dir.glob("checkpoint_*_30.pt")
@@ -140,7 +140,7 @@ def test_rerun_resumes_from_the_interval_checkpoint_after_a_killed_copy(smoke_da
     damaged_size = truncate(last)
     (save_dir.parent / "model.pt").unlink()  # Snakemake removes a rerun job's output first
 
-    second = train_cli(smoke_data / "work/data/bin", save_dir, max_update=40)
+    second = train_cli(data_dir(smoke_data) / "bin", save_dir, max_update=40)
     assert second.returncode == 0, second.stderr[-3000:]
     log = second.stderr
     assert re.search(damaged(last) + re.escape(f": kept as checkpoint_last.pt.damaged; resuming from {interval.name} "
@@ -155,11 +155,11 @@ def test_rerun_resumes_from_the_interval_checkpoint_after_a_killed_copy(smoke_da
 
 def test_rerun_with_no_readable_checkpoint_fails_in_one_line(smoke_data: Path, tmp_path: Path):
     save_dir = tmp_path / "model" / "checkpoints"
-    assert train_cli(smoke_data / "work/data/bin", save_dir, max_update=10).returncode == 0
+    assert train_cli(data_dir(smoke_data) / "bin", save_dir, max_update=10).returncode == 0
     for path in save_dir.glob("checkpoint*.pt"):
         truncate(path)
     (save_dir.parent / "model.pt").unlink()
-    second = train_cli(smoke_data / "work/data/bin", save_dir, max_update=20)
+    second = train_cli(data_dir(smoke_data) / "bin", save_dir, max_update=20)
     assert second.returncode == 2
     errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
@@ -218,7 +218,7 @@ def test_training_killed_while_copying_checkpoint_last_finishes_on_rerun(smoke_d
     save_dir = tmp_path / "model" / "checkpoints"
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p),
            "KILL_AT_COPY": "_20.pt"}
-    killed = train_cli(smoke_data / "work/data/bin", save_dir, max_update=30, env=env)
+    killed = train_cli(data_dir(smoke_data) / "bin", save_dir, max_update=30, env=env)
     assert killed.returncode == 1 and "fairseq-train failed with exit status -9" in killed.stderr, killed.stderr[-3000:]
     assert not (save_dir.parent / "model.pt").exists()
     (interval,) = save_dir.glob("checkpoint_*_20.pt")
@@ -229,7 +229,7 @@ def test_training_killed_while_copying_checkpoint_last_finishes_on_rerun(smoke_d
         assert 0 < half < interval.stat().st_size
         assert checkpoints.num_updates(checkpoints.load(last)) == 10
 
-    rerun = train_cli(smoke_data / "work/data/bin", save_dir, max_update=30)
+    rerun = train_cli(data_dir(smoke_data) / "bin", save_dir, max_update=30)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     if patched:
         assert "damaged" not in rerun.stderr

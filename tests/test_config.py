@@ -14,7 +14,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from conftest import REPO, SNAKEMAKE, deep_merge, snakemake, write_config
+from conftest import REPO, SNAKEMAKE, data_dir, deep_merge, snakemake, write_config
 
 CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
@@ -163,7 +163,8 @@ def test_evaluation_sets_empty_or_without_the_report_set(tmp_path: Path):
     assert_config_error(proc, "config evaluate.sets: unknown set 'tset'", tmp_path=tmp_path / "typo")
     # the report on another evaluated set: planned, and summarised from that set's evaluations
     proc = dry_run(tmp_path / "ok", {"evaluate": {"sets": ["dev"]}, "report": {"set": "dev"}}, "report", check=True)
-    assert "--evals results/eval/teacher/dev.json" in proc.stdout and "results/eval/teacher/test.json" not in proc.stdout
+    assert "--evals results/default/eval/teacher/dev.json" in proc.stdout
+    assert "results/default/eval/teacher/test.json" not in proc.stdout
 
 
 def jobs(output: str) -> dict[str, int]:
@@ -196,7 +197,7 @@ def test_seeds_and_alphas_plan_a_student_each_and_the_report_reads_every_set(tmp
     _s<seed> in the name), the teacher once; the report reads dev and test with their hypotheses and references."""
     proc = dry_run(tmp_path, {"students": {"seeds": [1, 2], "alpha": [0.3, 0.7]}, "evaluate": {"sets": ["dev", "test"]}},
                    check=True)
-    seeds = dict(re.findall(r"--save-dir work/models/(\S+)/checkpoints .*?--seed (\d+) ", proc.stdout))
+    seeds = dict(re.findall(r"--save-dir work/models/(\S+)-[0-9a-f]{8}/checkpoints .*?--seed (\d+) ", proc.stdout))
     expected = {"teacher": "1"}
     for seed in ("1", "2"):
         expected |= {f"student_baseline_s{seed}": seed, f"student_seq_kd_s{seed}": seed}
@@ -206,15 +207,15 @@ def test_seeds_and_alphas_plan_a_student_each_and_the_report_reads_every_set(tmp
     assert counts["train_model"] == 13 and counts["evaluate_model"] == 26 and counts["report_summary"] == 1, counts
     report = next(line for line in proc.stdout.splitlines() if "-m pipeline.report" in line)
     evals = re.search(r"--evals (.*?) --set", report).group(1).split()
-    assert sorted(evals) == sorted(f"results/eval/{m}/{s}.json" for m in expected for s in ("dev", "test"))
+    assert sorted(evals) == sorted(f"results/default/eval/{m}/{s}.json" for m in expected for s in ("dev", "test"))
     assert "--set test --bootstrap-samples 1000 --bootstrap-seed 12345" in report
-    assert "--best-csv results/summary_best.csv" in report
+    assert "--best-csv results/default/summary_best.csv" in report
     inputs = proc.stdout.split("rule report_summary:", 1)[1].split("\n\n", 1)[0]
-    for name in ("student_seq_word_kd_a0.7_t1_s2/dev.beam.txt", "teacher/test.beam.txt", "work/data/raw/dev.en",
-                 "work/data/raw/test.en"):
+    raw = data_dir(tmp_path).relative_to(tmp_path) / "raw"
+    for name in ("student_seq_word_kd_a0.7_t1_s2/dev.beam.txt", "teacher/test.beam.txt", f"{raw}/dev.en", f"{raw}/test.en"):
         assert name in inputs, name
     # one seed (the default): today's names
-    names = set(re.findall(r"work/models/([^/\s]+)/model\.pt", dry_run(tmp_path / "one", {}, check=True).stdout))
+    names = set(re.findall(r"work/models/([^/\s]+)-[0-9a-f]{8}/model\.pt", dry_run(tmp_path / "one", {}, check=True).stdout))
     assert names == {"teacher", "student_baseline", "student_seq_kd", "student_word_kd_a0.5_t1", "student_seq_word_kd_a0.5_t1"}
 
 
@@ -231,7 +232,8 @@ def test_ctranslate2_distillation_carries_each_batch_flag_once(smoke_data: Path,
     """Precedence: ct2.max_tokens / ct2.batch_size where set, else distill's own (each key on its own)."""
     # the decoding jobs are planned once the shard index (a checkpoint) exists: the smoke data, indexed for real
     shutil.copytree(smoke_data, tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".snakemake"))
-    snakemake(tmp_path, "work/distill/index.json", config=write_config(tmp_path))
+    index = data_dir(tmp_path, write_config(tmp_path)).relative_to(tmp_path) / "distill_index-700.json"
+    snakemake(tmp_path, str(index), config=write_config(tmp_path))
     proc = dry_run(tmp_path, {"distill": {"backend": "ctranslate2", "max_tokens": 2000}}, "distill", check=True)
     commands = shard_commands(proc.stdout)
     assert len(commands) == 3
@@ -254,7 +256,7 @@ def test_stage_files_do_not_depend_on_include_order(tmp_path: Path):
     """The Snakefile with its stage files included in reverse order (common.smk first) plans the same jobs."""
     text = (REPO / "Snakefile").read_text()
     includes = re.findall(r'^include: "pipeline/rules/(?!common)\w+\.smk"\n', text, re.M)
-    assert len(includes) == 9  # (kdcache.smk: the teacher caches)
+    assert len(includes) == 10  # (kdcache.smk: the teacher caches; experiments.smk: settings.json, records, compare)
     reordered = text
     for line in includes:
         reordered = reordered.replace(line, "")
@@ -304,3 +306,14 @@ def test_decoding_cli_defaults_equal_the_config_values(module, monkeypatch):
     for key in compared:
         default = DEFAULT_MAX_TOKENS if key == "max_tokens" and cli[key] is None else cli[key]
         assert default == stage[key], f"{module} --{key.replace('_', '-')} vs config {DECODING_CLIS[module]}.{key}"
+
+
+def test_experiment_name_is_one_plain_folder_name():
+    """config experiment names results/<experiment>/: letters, digits, '.', '_', '-', not starting with a dot or dash."""
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    assert CONFIG["experiment"] == "default"
+    for good in ("default", "alpha0.9", "seq_kd-beam3"):
+        validator.validate(deep_merge(CONFIG, {"experiment": good}))
+    for bad in ("", "../x", "a/b", ".hidden", "-x", "a b"):
+        errors = list(validator.iter_errors(deep_merge(CONFIG, {"experiment": bad})))
+        assert errors and errors[0].path[0] == "experiment", bad

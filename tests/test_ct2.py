@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SNAKEMAKE, write_config
+from conftest import REPO, SNAKEMAKE, data_dir, distill_dir, model_dir, stages, write_config
 
 from pipeline.corpus import read_lines
 from pipeline.decoding import BatchSettings, SearchOptions, batching, compute, ct2_dir
@@ -31,7 +31,7 @@ def run_stage(module: str, *args: str, stdin: str | None = None, cwd: Path | Non
 
 @pytest.fixture(scope="module")
 def data(smoke_data) -> Path:
-    return smoke_data / "work" / "data"
+    return data_dir(smoke_data)
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +293,7 @@ def run_snakefile(snakefile: Path, workdir: Path, *args: str, config: Path) -> s
 
 def workdir_with_teacher(smoke_data: Path, tiny_teacher: Path, workdir: Path) -> Path:
     shutil.copytree(smoke_data, workdir, symlinks=True)
-    teacher = workdir / "work/models/teacher/model.pt"
+    teacher = model_dir(workdir, "teacher", write_config(workdir)) / "model.pt"  # (the tests' settings keep its key)
     teacher.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(tiny_teacher, teacher)
     now = time.time() + 1  # newer than every data output: never retrained
@@ -312,21 +312,22 @@ def test_ct2_evaluation_and_export_through_the_snakefile(smoke_data, tiny_teache
     dry = run_snakefile(snakefile, workdir, "-n", "export", "evaluate", config=config).stdout
     for rule in ("ct2_convert", "evaluate_model_ct2", "export_model", "evaluate_model"):
         assert rule in dry, rule
-    assert "results/eval/teacher/test.ct2-int8.json" in dry and "export/teacher" in dry
-    target = "results/eval/teacher/test.ct2-int8.json"
+    assert "results/default/eval/teacher/test.ct2-int8.json" in dry and "export/teacher" in dry
+    target = "results/default/eval/teacher/test.ct2-int8.json"
     run_snakefile(snakefile, workdir, target, "--allowed-rules", "model_files", "ct2_convert", "evaluate_model_ct2",
                   config=config)
+    layout = stages(workdir, config)
     result = json.loads((workdir / target).read_text())
     assert result["backend"] == "ctranslate2" and result["compute_type"] == "int8"
     assert result["spec"]["name"] == "teacher" and result["spec"]["variant"] == "teacher"
-    assert result["sentences"] == len(read_lines(workdir / "work/data/raw/test.en"))
+    assert result["sentences"] == len(read_lines(data_dir(workdir, config) / "raw/test.en"))
     for mode in ("beam", "greedy"):
         assert result[mode]["bleu"]["signature"].startswith("nrefs:1")
         assert result[mode]["speed"]["sentences_per_s"] > 0
         assert len(read_lines(workdir / result[mode]["hypotheses"])) == result["sentences"]
     assert result["runtime"]["device"] == "cpu"
-    assert (workdir / "work/ct2/teacher/model.bin").is_file()
-    assert (workdir / "logs/ct2/convert.teacher.log").is_file()
+    assert (workdir / layout.ct2_dir("teacher") / "model.bin").is_file()
+    assert (workdir / f"logs/ct2/convert.{layout.ct2['teacher'].dir}.log").is_file()
     assert (workdir / "benchmarks/eval/teacher.test.ct2-int8.tsv").is_file()
 
 
@@ -343,15 +344,17 @@ def test_vocabulary_shortlist_through_the_snakefile(smoke_data, tiny_teacher, tm
         "resources": {"evaluate": {"threads": 1, "gpus": 0}},
     })
     dry = run_snakefile(snakefile, workdir, "-n", "-p", "export", "evaluate", "distill", config=config).stdout
-    assert "pipeline.vmap" in dry and "--vmap work/ct2/vmap.txt" in dry  # conversion and export
-    assert "--backend ctranslate2 --ct2-model work/ct2/teacher" in dry and " --vmap" in dry
-    target = "results/eval/teacher/test.ct2-int8.json"
+    layout = stages(workdir, config)
+    vmap = f"{layout.data_dir}/vmap-50-10.txt"
+    assert "pipeline.vmap" in dry and f"--vmap {vmap}" in dry  # conversion and export
+    assert f"--backend ctranslate2 --ct2-model {layout.ct2_dir('teacher')}" in dry and " --vmap" in dry
+    target = "results/default/eval/teacher/test.ct2-int8.json"
     run_snakefile(snakefile, workdir, target, "--allowed-rules", "model_files", "ct2_vmap", "ct2_convert", "evaluate_model_ct2",
                   config=config)
-    lines = read_lines(workdir / "work/ct2/vmap.txt")
+    lines = read_lines(workdir / vmap)
     source, targets = lines[0].split("\t")
     assert source == "" and len(targets.split()) == 50  # the always-allowed pieces
-    assert (workdir / "work/ct2/teacher" / ct2_dir.VMAP).is_file()
+    assert (workdir / layout.ct2_dir("teacher") / ct2_dir.VMAP).is_file()
     result = json.loads((workdir / target).read_text())
     assert result["runtime"]["vocabulary_shortlist"] is True
     assert len(read_lines(workdir / result["beam"]["hypotheses"])) == result["sentences"]
@@ -369,6 +372,7 @@ def distill_supports_backend() -> bool:
 
 DISTILL_RULES = ["ct2_convert", "distill_shard_index", "distill_decode_shard", "distill_postprocess", "distill_merge",
                  "distill_binarize", "distill"]
+SETTINGS_RULES = ["stage_settings"]  # the distillation's settings.json (part of the target distill)
 DISTILL_CONFIG = {
     "resources": {"distill": {"threads": 1, "gpus": 0}},
     "distill": {
@@ -387,21 +391,23 @@ def test_distillation_with_ctranslate2_yields_the_same_pairs_in_the_same_order(s
     for backend in ("fairseq", "ctranslate2"):
         workdir = workdir_with_teacher(smoke_data, tiny_teacher, tmp_path / backend)
         config = write_config(workdir, {**DISTILL_CONFIG, "distill": {**DISTILL_CONFIG["distill"], "backend": backend}})
-        run_snakefile(snakefile, workdir, "distill", "--allowed-rules", *DISTILL_RULES, config=config)
+        run_snakefile(snakefile, workdir, "distill", "--allowed-rules", *DISTILL_RULES, *SETTINGS_RULES, config=config)
         runs[backend] = workdir
     fs, c2 = runs["fairseq"], runs["ctranslate2"]
-    assert (c2 / "work/ct2/teacher/model.bin").is_file() and not (fs / "work/ct2").exists()
-    ids = read_lines(fs / "work/data/clean/train.ids")
-    for rel in ("work/distill/train.ids", "work/distill/train.de"):
-        assert read_lines(c2 / rel) == read_lines(fs / rel), rel
-    assert read_lines(c2 / "work/distill/train.ids") == ids
-    assert len(read_lines(c2 / "work/distill/train.en")) == len(read_lines(fs / "work/distill/train.en")) == len(ids)
-    shards = sorted(p.name for p in (fs / "work/distill/shards").iterdir())
-    assert sorted(p.name for p in (c2 / "work/distill/shards").iterdir()) == shards
+    assert (c2 / stages(c2).ct2_dir("teacher") / "model.bin").is_file() and not (fs / "work/ct2").exists()
+    dist = {backend: distill_dir(workdir) for backend, workdir in runs.items()}
+    assert dist["fairseq"].name != dist["ctranslate2"].name  # keyed by the backend's settings
+    ids = read_lines(data_dir(fs) / "clean/train.ids")
+    for rel in ("train.ids", "train.de"):
+        assert read_lines(dist["ctranslate2"] / rel) == read_lines(dist["fairseq"] / rel), rel
+    assert read_lines(dist["ctranslate2"] / "train.ids") == ids
+    assert len(read_lines(dist["ctranslate2"] / "train.en")) == len(read_lines(dist["fairseq"] / "train.en")) == len(ids)
+    shards = sorted(p.name for p in (dist["fairseq"] / "shards").iterdir())
+    assert sorted(p.name for p in (dist["ctranslate2"] / "shards").iterdir()) == shards
     for name in shards:
-        a = [json.loads(line) for line in read_lines(fs / "work/distill/shards" / name)]
-        b = [json.loads(line) for line in read_lines(c2 / "work/distill/shards" / name)]
+        a = [json.loads(line) for line in read_lines(dist["fairseq"] / "shards" / name)]
+        b = [json.loads(line) for line in read_lines(dist["ctranslate2"] / "shards" / name)]
         assert [r["id"] for r in b] == [r["id"] for r in a]
         assert [len(r["hyps"]) for r in b] == [len(r["hyps"]) for r in a]
-    stats = {k: json.loads((w / "results/distill/stats.json").read_text()) for k, w in runs.items()}
+    stats = {k: json.loads((d / "stats.json").read_text()) for k, d in dist.items()}
     assert stats["ctranslate2"]["pairs_out"] == stats["fairseq"]["pairs_out"] == len(ids)

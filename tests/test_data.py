@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MIRROR, snakemake, write_config
+from conftest import MIRROR, data_dir, snakemake, write_config
 
 from pipeline.clean import CleanConfig, clean
 from pipeline.corpus import read_parallel
@@ -144,23 +144,25 @@ def test_bad_input_through_snakemake_leaves_no_downstream_output(tmp_path: Path)
     proc = snakemake(tmp_path, "data", config=cfg, check=False)
     assert proc.returncode != 0
     assert "has 3 lines" in proc.stdout  # the failed rule's log is shown
-    assert not (tmp_path / "work/data/raw").exists() or not any((tmp_path / "work/data/raw").iterdir())
-    assert not (tmp_path / "work/data/bin").exists()
+    data = data_dir(tmp_path)
+    assert not (data / "raw").exists() or not any((data / "raw").iterdir())
+    assert not (data / "bin").exists()
 
 
 def test_snakemake_data_on_multi30k_slice(smoke_data: Path):
-    stats = json.loads((smoke_data / "results/data/clean_stats.json").read_text())
+    data = data_dir(smoke_data)
+    stats = json.loads((data / "clean_stats.json").read_text())
     assert stats["input"] == 2000
     assert stats["kept"] == 2000 - sum(stats["removed"].values())
-    kept = (smoke_data / "work/data/clean/train.en").read_text().splitlines()
+    kept = (data / "clean/train.en").read_text().splitlines()
     assert len(kept) == stats["kept"]
-    ids = [int(x) for x in (smoke_data / "work/data/clean/train.ids").read_text().split()]
+    ids = [int(x) for x in (data / "clean/train.ids").read_text().split()]
     assert ids == sorted(ids) and len(ids) == len(kept)
 
     from fairseq.data import data_utils
     from fairseq.data.dictionary import Dictionary
 
-    bin_dir = smoke_data / "work/data/bin"
+    bin_dir = data / "bin"
     assert (bin_dir / "dict.de.txt").read_text() == (bin_dir / "dict.en.txt").read_text(), "joined dictionary"
     dictionary = Dictionary.load(str(bin_dir / "dict.en.txt"))
     for split, n in (("train", stats["kept"]), ("valid", 100), ("test", 100)):
@@ -188,6 +190,7 @@ def test_overlong_dev_line_stops_the_data_stage_naming_file_and_line(tmp_path: P
     cfg = write_config(tmp_path, {"data": {"source": "files", "files": files}})
     proc = snakemake(tmp_path, "data", config=cfg, check=False)
     assert proc.returncode != 0
-    assert "error: work/data/norm/dev.en: line 7: " in proc.stdout  # the failed rule's log is shown
+    data = data_dir(tmp_path)
+    assert f"error: {data.relative_to(tmp_path)}/norm/dev.en: line 7: " in proc.stdout  # the failed rule's log is shown
     assert "more than the 1023 a model takes" in proc.stdout
-    assert not (tmp_path / "work/data/spm/dev.en").exists() and not (tmp_path / "work/data/bin").exists()
+    assert not (data / "spm/dev.en").exists() and not (data / "bin").exists()

@@ -12,7 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, data_dir
 
 from pipeline.corpus import read_lines, write_lines
 from pipeline.decoding import (
@@ -37,7 +37,7 @@ def run_stage(module: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def data(smoke_data) -> Path:
-    return smoke_data / "work" / "data"
+    return data_dir(smoke_data)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, SNAKEMAKE, deep_merge, snakemake, write_config
+from conftest import REPO, SNAKEMAKE, data_dir, deep_merge, distill_dir, model_dir, snakemake, write_config
 
 from pipeline.corpus import read_lines
 from pipeline.distill.assemble import distill
@@ -309,16 +309,14 @@ def test_distill_refuses_records_out_of_order():
 # The stage through the real Snakefile
 
 DISTILL_RULES = ["distill_shard_index", "distill_decode_shard", "distill_postprocess", "distill_merge", "distill_binarize",
-                 "distill"]
-TEACHER = Path("work/models/teacher/model.pt")
+                 "distill", "stage_settings"]  # (stage_settings: the distillation's settings.json)
 SHARDS = [f"shard{k:03d}-of-003.jsonl" for k in range(3)]
-POSTPROCESSED = "work/distill/post"  # one directory per shard (distill_postprocess)
+# Paths in the distillation's keyed directory (conftest.distill_dir):
+POSTPROCESSED = "post"  # one directory per shard (distill_postprocess)
+MERGED = ["train.de", "train.en", "train.ids", "train.de.txt", "train.en.txt", "stats.json"]  # distill_merge's outputs
 # What a kill during decoding leaves missing besides unfinished shards and their post-processing: the merge
 # and everything after it.
-DOWNSTREAM = ["work/distill/train.de", "work/distill/train.en", "work/distill/train.ids", "work/distill/bin",
-              "results/distill"]
-MERGED = ["work/distill/train.de", "work/distill/train.en", "work/distill/train.ids", "results/distill/train.de.txt",
-          "results/distill/train.en.txt", "results/distill/stats.json"]  # distill_merge's outputs
+DOWNSTREAM = [*MERGED, "bin"]
 # The tiny teacher loops on every sentence: short hypotheses keep decoding fast, and permissive
 # filters let its outputs through, so that the corpus really is the teacher's (not the fallback).
 TEST_CONFIG = {
@@ -363,9 +361,9 @@ def _mtimes(shard_dir: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in shard_dir.glob("*.jsonl")}
 
 
-def _remove(workdir: Path, paths: list[str]) -> None:
+def _remove(base: Path, paths: list[str]) -> None:
     for rel in paths:
-        path = workdir / rel
+        path = base / rel
         if path.is_dir():
             shutil.rmtree(path)
         else:
@@ -377,29 +375,30 @@ def distilled(smoke_data, tiny_teacher, tmp_path_factory):
     """A copy of the smoke workdir with the tiny teacher in place and `snakemake distill` run."""
     workdir = tmp_path_factory.mktemp("distill") / "run"
     shutil.copytree(smoke_data, workdir, symlinks=True)
-    (workdir / TEACHER).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(tiny_teacher, workdir / TEACHER)
-    now = time.time() + 1  # newer than every data output, whatever rule claims the teacher
-    os.utime(workdir / TEACHER, (now, now))
     config = write_config(workdir, TEST_CONFIG)
+    teacher = model_dir(workdir, "teacher", config) / "model.pt"
+    teacher.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tiny_teacher, teacher)
+    now = time.time() + 1  # newer than every data output, whatever rule claims the teacher
+    os.utime(teacher, (now, now))
     _snakemake_distill(workdir, config=config)
     return workdir, config
 
 
 @pytest.mark.slow
 def test_distilled_corpus_has_every_pair_in_order_and_is_binarised(distilled):
-    workdir, _ = distilled
-    ids = read_lines(workdir / "work/data/clean/train.ids")
+    workdir, config = distilled
+    data, dist = data_dir(workdir, config), distill_dir(workdir, config)
+    ids = read_lines(data / "clean/train.ids")
     n = len(ids)
     assert n > 1000
-    assert read_lines(workdir / "work/distill/train.ids") == ids
-    for path in ["work/distill/train.de", "work/distill/train.en", "results/distill/train.de.txt",
-                 "results/distill/train.en.txt"]:
-        assert len(read_lines(workdir / path)) == n, path
-    assert read_lines(workdir / "work/distill/train.de") == read_lines(workdir / "work/data/spm/train.de")
-    assert read_lines(workdir / "results/distill/train.de.txt") == read_lines(workdir / "work/data/clean/train.de")
+    assert read_lines(dist / "train.ids") == ids
+    for path in ["train.de", "train.en", "train.de.txt", "train.en.txt"]:
+        assert len(read_lines(dist / path)) == n, path
+    assert read_lines(dist / "train.de") == read_lines(data / "spm/train.de")
+    assert read_lines(dist / "train.de.txt") == read_lines(data / "clean/train.de")
 
-    shard_dir = workdir / "work/distill/shards"
+    shard_dir = dist / "shards"
     assert sorted(p.name for p in shard_dir.iterdir()) == SHARDS  # no temporaries left behind
     records = []
     for name in SHARDS:
@@ -407,7 +406,7 @@ def test_distilled_corpus_has_every_pair_in_order_and_is_binarised(distilled):
     assert [str(r["id"]) for r in records] == ids
     assert all(len(r["hyps"]) == 2 for r in records)  # smoke config: nbest 2
 
-    stats = json.loads((workdir / "results/distill/stats.json").read_text())
+    stats = json.loads((dist / "stats.json").read_text())
     assert stats["pairs_in"] == stats["pairs_out"] == n
     assert stats["selection"] == "seq_inter" and stats["shards"] == 3
     assert stats["fallback_to_reference"] == stats["filtered"]["total"] == stats["filtered"]["empty"]
@@ -415,25 +414,27 @@ def test_distilled_corpus_has_every_pair_in_order_and_is_binarised(distilled):
     assert stats["targets_differ_from_reference"] > n // 2
     assert stats["distilled_vs_reference"]["bleu"] is not None and stats["selected_vs_reference"]["chrf"] is not None
     # every target is one of the teacher's hypotheses for that very id, or (filtered) its reference
-    refs = read_lines(workdir / "work/data/spm/train.en")
-    targets = read_lines(workdir / "work/distill/train.en")
+    refs = read_lines(data / "spm/train.en")
+    targets = read_lines(dist / "train.en")
     for record, target, ref in zip(records, targets, refs, strict=True):
         assert target in {h["text"] for h in record["hyps"]} | {ref}, record["id"]
 
     from pipeline.distill.binarize import dataset_size
 
-    bin_dir = workdir / "work/distill/bin"
+    bin_dir = dist / "bin"
     for lang in ("de", "en"):
         assert dataset_size(bin_dir / f"train.de-en.{lang}") == n
-        assert (bin_dir / f"dict.{lang}.txt").read_bytes() == (workdir / f"work/data/bin/dict.{lang}.txt").read_bytes()
+        assert (bin_dir / f"dict.{lang}.txt").read_bytes() == (data / f"bin/dict.{lang}.txt").read_bytes()
         for split in ("valid", "test"):
             for ext in ("bin", "idx"):
                 name = f"{split}.de-en.{lang}.{ext}"
-                assert (bin_dir / name).read_bytes() == (workdir / "work/data/bin" / name).read_bytes()
+                assert (bin_dir / name).read_bytes() == (data / "bin" / name).read_bytes()
     assert (workdir / "logs/distill/decode_shard001-of-003.log").exists()
     assert (workdir / "benchmarks/distill/decode_shard001-of-003.tsv").exists()
-    assert json.loads((workdir / "work/distill/index.json").read_text())["shards"] == 3  # distill.shard_size 700
-    assert sorted(p.name for p in (workdir / POSTPROCESSED).iterdir()) == [name.removesuffix(".jsonl") for name in SHARDS]
+    assert json.loads((data / "distill_index-700.json").read_text())["shards"] == 3  # distill.shard_size 700
+    assert sorted(p.name for p in (dist / POSTPROCESSED).iterdir()) == [name.removesuffix(".jsonl") for name in SHARDS]
+    settings = json.loads((dist / "settings.json").read_text())  # what the directory's key hashes
+    assert dist.name == f"seq_inter_beam2-{settings['key']}" and settings["settings"]["distill"]["max_len_b"] == 2
 
 
 @pytest.mark.slow
@@ -441,11 +442,12 @@ def test_deleted_shard_dry_run_lists_only_it_and_its_downstream_jobs(distilled):
     """A shard without output, as after a kill during decoding (nothing downstream exists yet: with the
     distilled corpus present and newer, Snakemake would not remake a deleted intermediate shard)."""
     workdir, config = distilled
-    shard_dir = workdir / "work/distill/shards"
+    dist = distill_dir(workdir, config)
+    shard_dir = dist / "shards"
     assert _job_counts(_snakemake_distill(workdir, "-n", config=config)) == {}
 
     (shard_dir / SHARDS[1]).unlink()
-    _remove(workdir, [f"{POSTPROCESSED}/{SHARDS[1].removesuffix('.jsonl')}", *DOWNSTREAM])
+    _remove(dist, [f"{POSTPROCESSED}/{SHARDS[1].removesuffix('.jsonl')}", *DOWNSTREAM])
     kept = _mtimes(shard_dir)
     dry = _snakemake_distill(workdir, "-n", config=config)
     assert _job_counts(dry) == {"distill_decode_shard": 1, "distill_postprocess": 1, "distill_merge": 1,
@@ -458,8 +460,9 @@ def test_deleted_shard_dry_run_lists_only_it_and_its_downstream_jobs(distilled):
 def test_killed_run_resumes_without_redoing_finished_shards(distilled):
     """SIGKILL to the whole run (a cluster time limit) while a later shard decodes."""
     workdir, config = distilled
-    shard_dir = workdir / "work/distill/shards"
-    _remove(workdir, ["work/distill/shards", POSTPROCESSED, *DOWNSTREAM])
+    dist = distill_dir(workdir, config)
+    shard_dir = dist / "shards"
+    _remove(dist, ["shards", POSTPROCESSED, *DOWNSTREAM])
     log = workdir / "killed_run.log"
     with log.open("w") as out:  # one core: shards one after the other
         proc = subprocess.Popen(_distill_cmd(workdir, config=config, cores=1), cwd=workdir, stdout=out,
@@ -476,13 +479,13 @@ def test_killed_run_resumes_without_redoing_finished_shards(distilled):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     finished = _mtimes(shard_dir)
-    assert 1 <= len(finished) < 3 and not (workdir / "work/distill/train.en").exists()
+    assert 1 <= len(finished) < 3 and not (dist / "train.en").exists()
 
     snakemake(workdir, "--unlock", config=config)  # a killed run leaves its lock behind
     dry = _snakemake_distill(workdir, "-n", config=config)
     missing = sorted(set(SHARDS) - set(finished))
     assert _planned_shards(dry) == missing, dry[-3000:]
-    post_dir = workdir / POSTPROCESSED
+    post_dir = dist / POSTPROCESSED
     posted = sorted(p.name for p in post_dir.iterdir() if not p.name.startswith(".")) if post_dir.is_dir() else []
     assert set(posted) <= {name.removesuffix(".jsonl") for name in finished}
     assert _job_counts(dry) == {"distill_decode_shard": len(missing), "distill_postprocess": 3 - len(posted),
@@ -492,7 +495,7 @@ def test_killed_run_resumes_without_redoing_finished_shards(distilled):
     after = _mtimes(shard_dir)
     assert sorted(after) == SHARDS
     assert {name: after[name] for name in finished} == finished
-    assert read_lines(workdir / "work/distill/train.ids") == read_lines(workdir / "work/data/clean/train.ids")
+    assert read_lines(dist / "train.ids") == read_lines(data_dir(workdir, config) / "clean/train.ids")
 
 
 @pytest.mark.slow
@@ -500,13 +503,15 @@ def test_kill_during_postprocessing_or_merge_then_rerun_gives_the_same_result(di
     """SIGKILL to the whole run as soon as a shard's post-processing, then the merge, has started: the rerun
     completes, redoes no decoding, and writes the same bytes as the uninterrupted run."""
     workdir, config = distilled
-    expected = {rel: (workdir / rel).read_bytes() for rel in MERGED}
-    shards = _mtimes(workdir / "work/distill/shards")
+    dist = distill_dir(workdir, config)
+    expected = {rel: (dist / rel).read_bytes() for rel in MERGED}
+    shards = _mtimes(dist / "shards")
     for rule, job_log, removed in (
         ("distill_postprocess", "logs/distill/postprocess001-of-003.log", [POSTPROCESSED, *DOWNSTREAM]),
         ("distill_merge", "logs/distill/merge.log", DOWNSTREAM),
     ):
-        _remove(workdir, [*removed, job_log])
+        _remove(dist, removed)
+        _remove(workdir, [job_log])
         run_log = workdir / f"killed_{rule}.log"
         with run_log.open("w") as out:
             proc = subprocess.Popen(_distill_cmd(workdir, config=config, cores=1), cwd=workdir, stdout=out,
@@ -521,16 +526,16 @@ def test_kill_during_postprocessing_or_merge_then_rerun_gives_the_same_result(di
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        assert not (workdir / "work/distill/train.en").exists(), rule  # killed before the merge finished
+        assert not (dist / "train.en").exists(), rule  # killed before the merge finished
         if rule == "distill_postprocess":
-            assert not (workdir / POSTPROCESSED / "shard001-of-003").exists()  # no half-written part
+            assert not (dist / POSTPROCESSED / "shard001-of-003").exists()  # no half-written part
 
         snakemake(workdir, "--unlock", config=config)
         _snakemake_distill(workdir, config=config)
         for rel, content in expected.items():
-            assert (workdir / rel).read_bytes() == content, (rule, rel)
-        assert (workdir / "work/distill/bin/train.de-en.en.bin").exists()
-        assert _mtimes(workdir / "work/distill/shards") == shards  # no decoding redone
+            assert (dist / rel).read_bytes() == content, (rule, rel)
+        assert (dist / "bin/train.de-en.en.bin").exists()
+        assert _mtimes(dist / "shards") == shards  # no decoding redone
 
 
 @pytest.mark.slow
@@ -538,7 +543,7 @@ def test_per_shard_path_matches_assemble_on_the_teachers_shards(distilled, tmp_p
     """The Snakefile's per-shard path (shard index, post-processing per shard, merge) writes the same bytes as
     pipeline.distill.assemble, the whole-corpus reference, on the teacher's real shards (corpora, ids, statistics)."""
     workdir, config = distilled
-    data = workdir / "work/data"
+    data, dist = data_dir(workdir, config), distill_dir(workdir, config)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     filters = TEST_CONFIG["distill"]["filters"]
     run_cfg = deep_merge(yaml.safe_load((REPO / "config/config.yaml").read_text()), yaml.safe_load(config.read_text()))
@@ -547,7 +552,7 @@ def test_per_shard_path_matches_assemble_on_the_teachers_shards(distilled, tmp_p
                "--max-fallback-share", run_cfg["distill"]["max_fallback_share"],  # recorded in the statistics
                "--fail-fallback-share", run_cfg["distill"]["fail_fallback_share"]]
     out = tmp_path / "assembled"
-    args = ["--shards", *(workdir / "work/distill/shards" / name for name in SHARDS), "--num-shards", 3,
+    args = ["--shards", *(dist / "shards" / name for name in SHARDS), "--num-shards", 3,
             "--ids", data / "clean/train.ids", "--src-spm", data / "spm/train.de", "--ref-spm", data / "spm/train.en",
             "--src-text", data / "clean/train.de", "--ref-text", data / "clean/train.en",
             "--spm-model", data / "spm/spm.model", "--out-src", out / "train.de", "--out-tgt", out / "train.en",
@@ -558,4 +563,4 @@ def test_per_shard_path_matches_assemble_on_the_teachers_shards(distilled, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     for mine, theirs in zip(("train.de", "train.en", "train.ids", "train.de.txt", "train.en.txt", "stats.json"), MERGED,
                             strict=True):
-        assert (out / mine).read_bytes() == (workdir / theirs).read_bytes(), mine
+        assert (out / mine).read_bytes() == (dist / theirs).read_bytes(), mine

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MIRROR, REPO
+from conftest import MIRROR, REPO, data_dir
 
 from pipeline.clean import CleanConfig, DigestSet, clean
 from pipeline.corpus import read_lines
@@ -110,7 +110,7 @@ def test_clean_streaming_reports_an_empty_file(tmp_path):
 
 
 def test_normalize_and_spm_with_workers_give_the_data_stage_output(smoke_data, tmp_path):
-    data = smoke_data / "work/data"
+    data = data_dir(smoke_data)
     cli("pipeline.normalize", "--lang", "de", "--workers", "2", data / "raw/train.de", tmp_path / "norm.de")
     assert (tmp_path / "norm.de").read_bytes() == (data / "norm/train.de").read_bytes()
     for command, source, expected in (("encode", data / "clean/train.en", data / "spm/train.en"),
@@ -213,7 +213,7 @@ SHARD_SIZE = 700  # the smoke slice's 2,000 cleaned pairs: 3 shards
 
 
 def _data_args(workdir: Path) -> dict[str, Path]:
-    data = workdir / "work/data"
+    data = data_dir(workdir)
     return {"ids": data / "clean/train.ids", "src-spm": data / "spm/train.de", "ref-spm": data / "spm/train.en",
             "src-text": data / "clean/train.de", "ref-text": data / "clean/train.en"}
 
@@ -244,7 +244,7 @@ def _outputs(out: Path) -> dict[str, object]:
 
 def _postprocess(workdir: Path, index: Path, shard: Path, k: int, out_dir: Path, options: list[str], check=True):
     return cli("pipeline.distill.postprocess", "--shard", shard, "--shard-id", k, "--num-shards", 3, "--index", index,
-               "--spm-model", workdir / "work/data/spm/spm.model", "--out-dir", out_dir, *options, check=check)
+               "--spm-model", data_dir(workdir) / "spm/spm.model", "--out-dir", out_dir, *options, check=check)
 
 
 def _per_shard_path(workdir: Path, index: Path, shards: list[Path], root: Path, options: list[str]) -> Path:
@@ -260,7 +260,7 @@ def _assemble(workdir: Path, shards: list[Path], out: Path, options: list[str], 
     data = _data_args(workdir)
     return cli("pipeline.distill.assemble", "--shards", *shards, "--num-shards", len(shards), "--ids", data["ids"],
                "--src-spm", data["src-spm"], "--ref-spm", data["ref-spm"], "--src-text", data["src-text"],
-               "--ref-text", data["ref-text"], "--spm-model", workdir / "work/data/spm/spm.model",
+               "--ref-text", data["ref-text"], "--spm-model", data_dir(workdir) / "spm/spm.model",
                *_flags(_outputs(out)), *options, check=check)
 
 
@@ -381,7 +381,7 @@ def test_killed_postprocess_and_merge_rerun_to_the_same_complete_result(standin_
     part = tmp_path / "run/post" / shards[0].name.removesuffix(".jsonl")
     part.parent.mkdir(parents=True)
     cmd = [sys.executable, "-m", "pipeline.distill.postprocess", "--shard", str(shards[0]), "--shard-id", "0",
-           "--num-shards", "3", "--index", str(index), "--spm-model", str(workdir / "work/data/spm/spm.model"),
+           "--num-shards", "3", "--index", str(index), "--spm-model", str(data_dir(workdir) / "spm/spm.model"),
            "--out-dir", str(part), *options]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

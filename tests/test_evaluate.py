@@ -22,7 +22,7 @@ from pipeline.decoding.fairseq_model import load_model
 from pipeline.errors import ConfigError, DataError
 from pipeline.model_size import count_parameters, fastpath_copies, strip_checkpoint
 from pipeline.spm import TextCodec
-from tests.conftest import REPO, TINY_ARCH
+from tests.conftest import REPO, TINY_ARCH, data_dir
 
 SACREBLEU = Path(sys.executable).parent / "sacrebleu"
 # Short hypotheses keep the (untrained, looping) tiny teacher fast.
@@ -38,7 +38,7 @@ def run_stage(module: str, *args: str, stdin: str | None = None, cwd: Path | Non
 
 @pytest.fixture(scope="module")
 def data(smoke_data) -> Path:
-    return smoke_data / "work" / "data"
+    return data_dir(smoke_data)
 
 
 @pytest.fixture(scope="module")

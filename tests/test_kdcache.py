@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import snakemake, write_config
+from conftest import data_dir, model_dir, snakemake, stages, write_config
 from fairseq import checkpoint_utils, models
 
 from fairseq_plugins.criterions.word_kd import WordKDCriterion, teacher_distribution
@@ -40,7 +40,7 @@ def build_args(teacher, data, cache, topk=TOPK, shards=SHARDS) -> list[str]:
 
 @pytest.fixture(scope="module")
 def bin_dir(smoke_data) -> Path:
-    return smoke_data / "work" / "data" / "bin"
+    return data_dir(smoke_data) / "bin"
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +277,7 @@ def job_counts(output: str) -> dict[str, int]:
 
 def train_commands(output: str) -> dict[str, str]:
     return {m.group(1): line for line in output.splitlines()
-            if "pipeline.train" in line and (m := re.search(r"--output work/models/(\S+)/model\.pt", line))}
+            if "pipeline.train" in line and (m := re.search(r"--output work/models/(\S+)-[0-9a-f]{8}/model\.pt", line))}
 
 
 def test_dry_run_plans_the_caches_and_passes_them_to_the_word_kd_students(tmp_path):
@@ -286,10 +286,12 @@ def test_dry_run_plans_the_caches_and_passes_them_to_the_word_kd_students(tmp_pa
     shards = 2  # config.yaml students.kd_cache_shards
     assert counts["kdcache_shard"] == 2 * 2 * shards and counts["kdcache_index"] == 2, counts  # 2 caches x train, valid
     commands = train_commands(proc.stdout)
-    assert commands["student_word_kd_a0.5_t1"].endswith("--kd-topk 8 --kd-teacher-cache work/kdcache/reference "
-                                                         "--tensorboard-logdir results/tb/student_word_kd_a0.5_t1 "
-                                                         ">> logs/train/student_word_kd_a0.5_t1.log 2>&1")
-    assert "--kd-teacher-cache work/kdcache/distilled" in commands["student_seq_word_kd_a0.5_t1"]
+    layout = stages(tmp_path / "on")
+    student = layout.model_dir("student_word_kd_a0.5_t1")
+    assert commands["student_word_kd_a0.5_t1"].endswith(f"--kd-topk 8 --kd-teacher-cache {layout.kdcache_dir('reference')} "
+                                                         f"--tensorboard-logdir {student}/tb "
+                                                         f">> logs/train/{student.rsplit('/', 1)[1]}.log 2>&1")
+    assert f"--kd-teacher-cache {layout.kdcache_dir('distilled')}" in commands["student_seq_word_kd_a0.5_t1"]
     assert "--kd-teacher-cache" not in commands["student_baseline"] + commands["student_seq_kd"]
     shard_jobs = [line for line in proc.stdout.splitlines() if "pipeline.kdcache shard" in line]
     assert len(shard_jobs) == 8 and all("--topk 8" in line and "--num-shards 2" in line for line in shard_jobs)
@@ -311,16 +313,17 @@ def test_dry_run_plans_the_caches_and_passes_them_to_the_word_kd_students(tmp_pa
 def test_snakefile_builds_the_cache_and_a_killed_shard_job_is_redone_alone(smoke_data, tiny_teacher, tmp_path):
     work = tmp_path / "run"
     shutil.copytree(smoke_data / "work" / "data", work / "work" / "data")  # (mtimes kept: the data is not redone)
-    (work / "work" / "models" / "teacher").mkdir(parents=True)
-    shutil.copy(tiny_teacher, work / "work" / "models" / "teacher" / "model.pt")
     config = write_config(work)
-    target = "work/kdcache/reference/cache.json"
+    teacher = model_dir(work, "teacher", config) / "model.pt"
+    teacher.parent.mkdir(parents=True)
+    shutil.copy(tiny_teacher, teacher)
+    target = stages(work, config).kdcache_dir("reference") + "/cache.json"
     proc = snakemake(work, target, config=config)
     assert job_counts(proc.stdout) == {"kdcache_shard": 4, "kdcache_index": 1}, proc.stdout[-3000:]
-    cache = work / "work" / "kdcache" / "reference"
+    cache = work / target.removesuffix("/cache.json")
     reader = store.TeacherCache(cache)
     assert reader.topk == 8 and reader.shards == 2 and set(reader.splits) == {"train", "valid"}
-    reader.check(work / "work" / "models" / "teacher" / "model.pt", work / "work" / "data" / "bin")
+    reader.check(teacher, data_dir(work, config) / "bin")
 
     # a shard job killed mid-way (so the index never ran): Snakemake removes the job's output, its
     # temporary directory may stay

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import MIRROR, REPO, write_config
+from conftest import MIRROR, REPO, stages, write_config
 
 from pipeline import faults
 
@@ -85,7 +85,7 @@ TARGETS = [
 # The data stage runs locally first (the pipeline target covers it on Slurm): 20 s instead of minutes.
 WORD_KD_STUDENT = "student_word_kd_a0.5_t1"
 MULTITASK = Target(
-    "multitask", ("work/models/teacher/model.pt", f"work/models/{WORD_KD_STUDENT}/model.pt"),
+    "multitask", ("students",),  # the word-KD student, and so the teacher
     frozenset({"train_model"}), local_first=("data",),
     overrides={
         "resources": {"train": {"threads": 1, "gpus": 0, "tasks": 2, "mem_mb": 2000, "runtime": 30}},
@@ -386,22 +386,23 @@ def test_multitask_training(slurm_run):
         assert "gres/gpu" not in requested, requested
         steps = job_steps(jobid)
         assert steps.get(f"{jobid}.0") == "2", f"job {jobid}: no 2-task srun step: {steps}"
+    layout = stages(run.workdir)
     for model in ("teacher", WORD_KD_STUDENT):
-        log = (run.workdir / "logs" / "train" / f"{model}.log").read_text(errors="replace")
+        log = (run.workdir / "logs" / "train" / f"{layout.models[model].dir}.log").read_text(errors="replace")
         ranks = {(int(label), int(rank)) for label, rank in RANK_LINE.findall(log)}
         assert ranks == {(0, 0), (1, 1)}, f"{model}: ranks {ranks}\n{log[-4000:]}"
         assert "world size 2, under srun" in log and "srun --nodes=1 --ntasks=2 --ntasks-per-node=2" in log, log[-4000:]
         assert "training on 2 devices" in log and "'distributed_world_size': 2" in log, log[-4000:]
         assert re.search(r"^0: .*done training in", log, re.M), log[-4000:]
-        assert f"wrote work/models/{model}/model.pt (update 6)" in log, log[-4000:]
+        assert f"wrote {layout.model_dir(model)}/model.pt (update 6)" in log, log[-4000:]
         assert "Traceback" not in log, log[-4000:]
         if model == WORD_KD_STUDENT:
-            assert "word_kd: 1 teacher(s) ['work/models/teacher/model.pt']" in log, log[-4000:]
+            assert f"word_kd: 1 teacher(s) ['{layout.model_dir('teacher')}/model.pt']" in log, log[-4000:]
             assert "outside the criterion" in log
         # the result loads and decodes (on this machine, outside Slurm)
         source = "\n".join(["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.", "Eine Frau liest ein Buch."])
         out = subprocess.run(
-            [sys.executable, "-m", "pipeline.translate", "--model", str(run.workdir / "work" / "models" / model / "model.pt"),
+            [sys.executable, "-m", "pipeline.translate", "--model", str(run.workdir / layout.model_dir(model) / "model.pt"),
              "--beam", "2", "--cpu"],
             input=source + "\n", text=True, capture_output=True, cwd=run.workdir, env=run_env(), timeout=300,
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import sentencepiece as spm
-from conftest import REPO, snakemake, train_tiny, write_config
+from conftest import REPO, data_dir, distill_dir, snakemake, stages, train_tiny, write_config
 
 TINY_STUDENTS = {"preset": "tiny", "train": {"max_epoch": 0, "max_update": 4, "average_last": 0,
                                              "validate_interval_updates": 0, "save_interval_updates": 0}}
@@ -49,7 +49,7 @@ def refused(workdir: Path, overrides: dict, *messages: str) -> None:
 @pytest.fixture(scope="module")
 def second_teacher(smoke_data: Path, tmp_path_factory) -> Path:
     """Another tiny teacher on the same data, another seed: an ensemble member."""
-    return train_tiny(smoke_data / "work/data/bin", tmp_path_factory.mktemp("tiny_teacher_2"), extra=["--seed", "2"])
+    return train_tiny(data_dir(smoke_data) / "bin", tmp_path_factory.mktemp("tiny_teacher_2"), extra=["--seed", "2"])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -57,35 +57,40 @@ def second_teacher(smoke_data: Path, tmp_path_factory) -> Path:
 
 
 def test_external_teacher_replaces_training_and_evaluates_like_our_own(smoke_data, tiny_teacher, tmp_path):
-    spm_model = smoke_data / "work/data/spm/spm.model"
+    smoke = data_dir(smoke_data)
+    spm_model = smoke / "spm/spm.model"
     cfg = write_config(tmp_path, {"teacher": {"checkpoints": [str(tiny_teacher)], "spm": str(spm_model)},
                                   "students": {**TINY_STUDENTS, "variants": ["word_kd"]}, "evaluate": FAIRSEQ_ONLY})
     jobs = jobs_in_dry_run(snakemake(tmp_path, "-n", "all", config=cfg).stdout)
     assert jobs["import_teacher"] == 1 and jobs["teacher_spm"] == 1 and "spm_train" not in jobs
     assert jobs["train_model"] == 1  # the student alone
     student = "student_word_kd_a0.5_t1"
-    snakemake(tmp_path, "results/eval/teacher/test.json", f"work/models/{student}/model.pt", config=cfg)
+    layout = stages(tmp_path, cfg)
+    snakemake(tmp_path, "results/default/eval/teacher/test.json", f"{layout.model_dir(student)}/model.pt", config=cfg)
     # the data stage used the teacher's SentencePiece model and dictionary
-    assert (tmp_path / "work/data/spm/spm.model").read_bytes() == spm_model.read_bytes()
+    data = tmp_path / layout.data_dir
+    assert (data / "spm/spm.model").read_bytes() == spm_model.read_bytes()
     for lang in ("de", "en"):
-        assert (tmp_path / f"work/data/bin/dict.{lang}.txt").read_text() == (smoke_data / "work/data/bin/dict.de.txt").read_text()
-    assert "--teacher-path work/models/teacher/model.pt" in (tmp_path / f"logs/train/{student}.log").read_text()
+        assert (data / f"bin/dict.{lang}.txt").read_text() == (smoke / "bin/dict.de.txt").read_text()
+    student_log = tmp_path / f"logs/train/{layout.models[student].dir}.log"
+    assert f"--teacher-path {layout.model_dir('teacher')}/model.pt" in student_log.read_text()
     # the same checkpoint evaluated in the data directory it was trained on gives the same translations and BLEU
     first = tmp_path / "first"
     proc = run_cli("pipeline.evaluate", "--model", str(tiny_teacher), "--name", "teacher", "--set", "test",
-                   "--split", "test", "--data", str(smoke_data / "work/data/bin"), "--spm", str(spm_model),
-                   "--ref", str(smoke_data / "work/data/raw/test.en"), "--json", str(first / "test.json"),
+                   "--split", "test", "--data", str(smoke / "bin"), "--spm", str(spm_model),
+                   "--ref", str(smoke / "raw/test.en"), "--json", str(first / "test.json"),
                    "--beam", "2", "--max-tokens", "2000", "--speed-runs", "1")
     assert proc.returncode == 0, proc.stdout[-3000:]
-    ours, theirs = (json.loads(p.read_text()) for p in (tmp_path / "results/eval/teacher/test.json", first / "test.json"))
+    evals = tmp_path / "results/default/eval/teacher"
+    ours, theirs = (json.loads(p.read_text()) for p in (evals / "test.json", first / "test.json"))
     for mode in ("beam", "greedy"):
         assert ours[mode]["bleu"]["score"] == theirs[mode]["bleu"]["score"]
-    assert (tmp_path / "results/eval/teacher/test.beam.txt").read_text() == (first / "test.beam.txt").read_text()
+    assert (evals / "test.beam.txt").read_text() == (first / "test.beam.txt").read_text()
     assert ours["spec"]["checkpoint"] == str(tiny_teacher.resolve())
 
 
 def test_external_teacher_errors_before_any_job(smoke_data, tiny_teacher, tmp_path):
-    spm_model = str(smoke_data / "work/data/spm/spm.model")
+    spm_model = str(data_dir(smoke_data) / "spm/spm.model")
     missing = tmp_path / "nowhere/model.pt"
     refused(tmp_path / "missing", {"teacher": {"checkpoints": [str(missing)], "spm": spm_model}},
             "ModelError", f"config teacher.checkpoints: {missing}: no such checkpoint file")
@@ -97,11 +102,11 @@ def test_external_teacher_errors_before_any_job(smoke_data, tiny_teacher, tmp_pa
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(tiny_teacher, other / "model.pt")
-    lines = (smoke_data / "work/data/bin/dict.de.txt").read_text().splitlines()
+    lines = (data_dir(smoke_data) / "bin/dict.de.txt").read_text().splitlines()
     for lang in ("de", "en"):
         (other / f"dict.{lang}.txt").write_text("\n".join(lines[:-3]) + "\n")
     refused(tmp_path / "dicts", {"teacher": {"checkpoints": [str(tiny_teacher), str(other / "model.pt")], "spm": spm_model}},
-            f"config teacher: the teachers' dictionaries differ: {smoke_data / 'work/data/bin/dict.de.txt'} and {other / 'dict.de.txt'}")
+            f"config teacher: the teachers' dictionaries differ: {data_dir(smoke_data) / 'bin/dict.de.txt'} and {other / 'dict.de.txt'}")
     # one checkpoint, a given dictionary that is not the checkpoint's (its embeddings say so)
     refused(tmp_path / "rows", {"teacher": {"checkpoints": [str(other / "model.pt")], "spm": spm_model}},
             f"config teacher.checkpoints: {other / 'model.pt'} has {len(lines) + 4} embeddings, but dictionary "
@@ -118,8 +123,8 @@ def test_external_teacher_errors_before_any_job(smoke_data, tiny_teacher, tmp_pa
 def ct2_teacher(smoke_data, tiny_teacher, tmp_path_factory) -> Path:
     """The tiny teacher converted to CTranslate2, shipped as a foreign model: source.spm + target.spm, no pipeline.json."""
     out = tmp_path_factory.mktemp("ct2_teacher") / "model"
-    proc = run_cli("pipeline.ct2", "convert", "--model", str(tiny_teacher), "--data", str(smoke_data / "work/data/bin"),
-                   "--spm", str(smoke_data / "work/data/spm/spm.model"), "--out", str(out), "--quantization", "float32")
+    proc = run_cli("pipeline.ct2", "convert", "--model", str(tiny_teacher), "--data", str(data_dir(smoke_data) / "bin"),
+                   "--spm", str(data_dir(smoke_data) / "spm/spm.model"), "--out", str(out), "--quantization", "float32")
     assert proc.returncode == 0, proc.stdout[-3000:]
     (out / "spm.model").rename(out / "source.spm")
     shutil.copy(out / "source.spm", out / "target.spm")
@@ -133,11 +138,12 @@ def test_ct2_teacher_distils_with_its_own_spm(smoke_data, ct2_teacher, tmp_path)
     jobs = jobs_in_dry_run(snakemake(tmp_path, "-n", "all", config=cfg).stdout)
     assert jobs["train_model"] == 1 and jobs["spm_train"] == 1 and "import_teacher" not in jobs  # the student alone
     snakemake(tmp_path, "distill", config=cfg)
-    students = spm.SentencePieceProcessor(model_file=str(tmp_path / "work/data/spm/spm.model"))
+    data, dist = data_dir(tmp_path, cfg), distill_dir(tmp_path, cfg)
+    students = spm.SentencePieceProcessor(model_file=str(data / "spm/spm.model"))
     teacher = spm.SentencePieceProcessor(model_file=str(ct2_teacher / "source.spm"))
     assert students.get_piece_size() == 800 != teacher.get_piece_size()
-    records = [json.loads(line) for line in (tmp_path / "work/distill/shards/shard000-of-003.jsonl").read_text().splitlines()]
-    source = (tmp_path / "work/data/clean/train.de").read_text().splitlines()
+    records = [json.loads(line) for line in (dist / "shards/shard000-of-003.jsonl").read_text().splitlines()]
+    source = (data / "clean/train.de").read_text().splitlines()
     # the shard holds the teacher's output re-encoded with the students' pieces: the same text as the teacher's own
     from pipeline.decoding import SearchOptions, open_backend
 
@@ -149,7 +155,7 @@ def test_ct2_teacher_distils_with_its_own_spm(smoke_data, ct2_teacher, tmp_path)
         ours = [h["text"].split() for h in record["hyps"]]
         assert all(students.piece_to_id(p) != students.unk_id() for pieces in ours for p in pieces)
         assert [students.decode(p) for p in ours] == [teacher.decode(h.tokens.split()) for h in hyps]
-    stats = json.loads((tmp_path / "results/distill/stats.json").read_text())
+    stats = json.loads((dist / "stats.json").read_text())
     assert stats["pairs_in"] == len(source)
 
 
@@ -173,13 +179,16 @@ def test_ensemble_of_two_plans_two_teachers_an_ensemble_distillation_and_student
     # the decoding jobs are planned once the shard index (a checkpoint) exists: the smoke data, indexed for real
     for workdir in (tmp_path, tmp_path / "one"):
         shutil.copytree(smoke_data, workdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".snakemake"))
-        snakemake(workdir, "work/distill/index.json", config=write_config(workdir))
+        index = data_dir(workdir, write_config(workdir)) / "distill_index-700.json"
+        snakemake(workdir, str(index.relative_to(workdir)), config=write_config(workdir))
     cfg = write_config(tmp_path, {"teacher": {"ensemble": 2}})
     dry = snakemake(tmp_path, "-n", "-p", "all", config=cfg).stdout
     jobs = jobs_in_dry_run(dry)
     assert jobs["train_model"] == 6  # teacher, teacher_2 and the four students
-    members = "work/models/teacher/model.pt:work/models/teacher_2/model.pt"
-    assert set(re.findall(r"--seed (\d+) .*--tensorboard-logdir results/tb/(teacher\S*)", dry)) == {("1", "teacher"), ("2", "teacher_2")}
+    layout = stages(tmp_path, cfg)
+    members = f"{layout.model_dir('teacher')}/model.pt:{layout.model_dir('teacher_2')}/model.pt"
+    assert set(re.findall(r"--seed (\d+) .*--tensorboard-logdir work/models/(teacher\S*)-[0-9a-f]{8}/tb", dry)) == {
+        ("1", "teacher"), ("2", "teacher_2")}
     assert dry.count(f"pipeline.distill.decode_shard --model {members} ") == jobs["distill_decode_shard"] == 3
     assert dry.count(f"--teacher-path {members} ") == 2  # word_kd and seq_word_kd
     assert f"pipeline.evaluate --model {members} --name teacher_ensemble" in dry
@@ -189,16 +198,19 @@ def test_ensemble_of_two_plans_two_teachers_an_ensemble_distillation_and_student
     # one teacher: today's names and paths, no ensemble entry
     single = snakemake(tmp_path / "one", "-n", "-p", "all", config=write_config(tmp_path / "one")).stdout
     assert "teacher_2" not in single and "teacher_ensemble" not in single
-    assert "decode_shard --model work/models/teacher/model.pt --data work/data/bin " in single
+    one = stages(tmp_path / "one")
+    assert one.model_dir("teacher") == layout.model_dir("teacher")  # the first member is the single teacher
+    assert f"decode_shard --model {one.model_dir('teacher')}/model.pt --data {one.data_dir}/bin " in single
 
 
 def test_ensemble_decodes_through_decode_shard_and_evaluate(smoke_data, tiny_teacher, second_teacher, tmp_path):
-    data = smoke_data / "work/data/bin"
+    smoke = data_dir(smoke_data)
+    data = smoke / "bin"
     first_six = {}  # the first six training pairs, indexed as one shard (pipeline.distill.shard_index)
     for role, path in (("ids", "clean/train.ids"), ("src-spm", "spm/train.de"), ("ref-spm", "spm/train.en"),
                        ("src-text", "clean/train.de"), ("ref-text", "clean/train.en")):
         first_six[role] = tmp_path / role
-        first_six[role].write_text("".join((smoke_data / "work/data" / path).read_text().splitlines(True)[:6]))
+        first_six[role].write_text("".join((smoke / path).read_text().splitlines(True)[:6]))
     index = tmp_path / "index.json"
     proc = run_cli("pipeline.distill.shard_index", "--shard-size", "6", "--out", str(index),
                    *[arg for role, path in first_six.items() for arg in (f"--{role}", str(path))])
@@ -222,8 +234,8 @@ def test_ensemble_decodes_through_decode_shard_and_evaluate(smoke_data, tiny_tea
     # the evaluation of an ensemble: one entry, its size the members' sum
     result = tmp_path / "eval.json"
     proc = run_cli("pipeline.evaluate", "--model", f"{tiny_teacher}:{second_teacher}", "--name", "teacher_ensemble", "--set", "test",
-                   "--split", "test", "--data", str(data), "--spm", str(smoke_data / "work/data/spm/spm.model"),
-                   "--ref", str(smoke_data / "work/data/raw/test.en"), "--json", str(result), "--beam", "2", "--speed-runs", "1",
+                   "--split", "test", "--data", str(data), "--spm", str(smoke / "spm/spm.model"),
+                   "--ref", str(smoke / "raw/test.en"), "--json", str(result), "--beam", "2", "--speed-runs", "1",
                    "--cpu")
     assert proc.returncode == 0, proc.stdout[-3000:]
     size = json.loads(result.read_text())["model_size"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, SNAKEMAKE, snakemake, write_config
+from conftest import REPO, SNAKEMAKE, data_dir, model_dir, snakemake, write_config
 
 from pipeline import checkpoints
 from pipeline.errors import ConfigError
@@ -37,7 +37,8 @@ def test_kill_then_resume_continues_from_saved_updates(workdir: Path):
            "--configfile", str(cfg)]
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    last = workdir / "work/models/teacher/checkpoints/checkpoint_last.pt"
+    teacher = model_dir(workdir, "teacher", cfg)
+    last = teacher / "checkpoints/checkpoint_last.pt"
     deadline = time.time() + 300
     while not last.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
@@ -45,15 +46,15 @@ def test_kill_then_resume_continues_from_saved_updates(workdir: Path):
     time.sleep(1.0)  # let the save finish
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
-    assert not (workdir / "work/models/teacher/model.pt").exists(), "the kill must interrupt training"
+    assert not (teacher / "model.pt").exists(), "the kill must interrupt training"
     saved = checkpoints.num_updates(checkpoints.load(last))
     assert 20 <= saved < 200
 
     snakemake(workdir, "teacher", config=cfg)
-    log = (workdir / "logs/train/teacher.log").read_text()
-    assert f"resuming from work/models/teacher/checkpoints/checkpoint_last.pt at update {saved}" in log
+    log = (workdir / f"logs/train/{teacher.name}.log").read_text()
+    assert f"resuming from {teacher.relative_to(workdir)}/checkpoints/checkpoint_last.pt at update {saved}" in log
     assert f"@ {saved} updates" in log  # fairseq's own "Loaded checkpoint ... (epoch E @ N updates)"
-    final = checkpoints.load(workdir / "work/models/teacher/model.pt")
+    final = checkpoints.load(teacher / "model.pt")
     assert checkpoints.num_updates(final) == 200
     # stripped: no optimizer state, no training criterion
     assert "last_optimizer_state" not in final and final["cfg"]["criterion"] is None
@@ -62,10 +63,11 @@ def test_kill_then_resume_continues_from_saved_updates(workdir: Path):
 def test_averaging_last_checkpoints(workdir: Path):
     cfg = write_config(workdir, {"train": {"max_update": 60, "save_interval_updates": 20, "average_last": 3}})
     snakemake(workdir, "teacher", config=cfg)
-    save_dir = workdir / "work/models/teacher/checkpoints"
+    teacher = model_dir(workdir, "teacher", cfg)
+    save_dir = teacher / "checkpoints"
     paths = checkpoints.latest_checkpoints(save_dir, 3)
     assert [p.name for p in paths] == ["checkpoint_1_20.pt", "checkpoint_2_40.pt", "checkpoint_2_60.pt"]
-    model = checkpoints.load(workdir / "work/models/teacher/model.pt")
+    model = checkpoints.load(teacher / "model.pt")
     assert model["extra_state"]["averaged_from"] == [p.name for p in paths]
     states = [checkpoints.load(p)["model"] for p in paths]
     key = "encoder.layers.0.fc1.weight"
@@ -80,38 +82,40 @@ def test_averaging_last_checkpoints(workdir: Path):
     # The averaged, stripped model decodes with plain fairseq (no plugin import needed).
     from fairseq import checkpoint_utils
 
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(workdir / "work/models/teacher/model.pt")])
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(teacher / "model.pt")])
     assert len(task.target_dictionary) > 100
 
 
 def test_changed_training_setting_reruns_teacher_only(workdir: Path):
-    """Longer training continues the run; another learning rate or model starts a new one, setting the old aside."""
+    """Longer training continues the run in a new directory of its own (the shorter model stays, for the
+    experiments that use it); another learning rate or model starts a new run, from update 0."""
     cfg = write_config(workdir, {"train": {"max_update": 20}})
     snakemake(workdir, "teacher", config=cfg)
-    save_dir = workdir / "work/models/teacher/checkpoints"
-    log = workdir / "logs/train/teacher.log"
+    short = model_dir(workdir, "teacher", cfg)
     cfg = write_config(workdir, {"train": {"max_update": 30}})
+    longer = model_dir(workdir, "teacher", cfg)
+    assert longer != short and longer.name.startswith("teacher-")
     dry = snakemake(workdir, "-n", "teacher", config=cfg).stdout
     assert "train_model" in dry
     for rule in ("fetch_corpus", "spm_train", "binarize"):
         assert f"rule {rule}:" not in dry
     snakemake(workdir, "teacher", config=cfg)
-    assert "resuming from work/models/teacher/checkpoints/checkpoint_last.pt at update 20" in log.read_text()
-    assert checkpoints.num_updates(checkpoints.load(workdir / "work/models/teacher/model.pt")) == 30
+    log = (workdir / f"logs/train/{longer.name}.log").read_text()
+    assert f"continues {short.relative_to(workdir)}" in log
+    assert f"resuming from {longer.relative_to(workdir)}/checkpoints/checkpoint_last.pt at update 20" in log
+    assert checkpoints.num_updates(checkpoints.load(longer / "model.pt")) == 30
+    assert checkpoints.num_updates(checkpoints.load(short / "model.pt")) == 20  # the shorter run's model stays
 
     # another learning rate and another architecture: a new run, from update 0
     cfg = write_config(workdir, {"train": {"max_update": 30}, "teacher": {"preset": "student_small", "train": {"lr": 0.002}}})
     snakemake(workdir, "teacher", config=cfg)
-    new_log = log.read_text()  # Snakemake starts a job's log afresh
-    assert "holds another run (changed: options" in new_log and "--lr 0.003 -> 0.002" in new_log
-    assert "--encoder-embed-dim 32 -> 128" in new_log
-    assert "resuming" not in new_log
-    previous = save_dir.with_name("checkpoints.previous")
-    assert checkpoints.num_updates(checkpoints.load(previous / "checkpoint_last.pt")) == 30
-    assert (previous / "metrics.jsonl").exists()
-    final = checkpoints.load(workdir / "work/models/teacher/model.pt")
+    other = model_dir(workdir, "teacher", cfg)
+    new_log = (workdir / f"logs/train/{other.name}.log").read_text()
+    assert "no earlier run to continue" in new_log and "resuming" not in new_log
+    assert checkpoints.num_updates(checkpoints.load(longer / "model.pt")) == 30  # set aside: in its own directory
+    final = checkpoints.load(other / "model.pt")
     assert checkpoints.num_updates(final) == 30 and final["cfg"]["model"].encoder_embed_dim == 128
-    records = [json.loads(line) for line in (workdir / "results/train/teacher.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (other / "train.jsonl").read_text().splitlines()]
     assert max(int(r.get("num_updates", r.get("train_num_updates", 0))) for r in records) <= 30
     assert all(r.get("epoch", 1) >= 1 for r in records)
 
@@ -184,11 +188,12 @@ def test_linear_lr_schedule_anneals_to_zero(workdir: Path):
     cfg = write_config(workdir, {"train": {"max_update": 30, "max_epoch": 0, "warmup_updates": 10,
                                            "lr_scheduler": "linear", "log_interval": 5}})
     snakemake(workdir, "teacher", config=cfg)
-    log = (workdir / "logs/train/teacher.log").read_text()
+    teacher = model_dir(workdir, "teacher", cfg)
+    log = (workdir / f"logs/train/{teacher.name}.log").read_text()
     lrs = [float(v) for v in re.findall(r'"lr": "([0-9.e+-]+)"', log)]
     assert lrs and max(lrs) > 1e-4, "the warm-up reached the peak learning rate"
     assert lrs[-1] < 1e-6, f"the last update ran at lr {lrs[-1]}, not annealed to 0"
-    assert checkpoints.num_updates(checkpoints.load(workdir / "work/models/teacher/model.pt")) == 30
+    assert checkpoints.num_updates(checkpoints.load(teacher / "model.pt")) == 30
     assert "allocator: MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_=100000000000" in log  # CPU training
 
 
@@ -204,7 +209,7 @@ def test_allocator_settings_only_for_cpu_training_and_never_over_the_users(monke
 def test_allocator_benchmark_times_both_variants(smoke_data: Path):
     """python -m pipeline.benchmarks.train_allocator on the tiny preset: both variants run and a ratio is printed."""
     proc = subprocess.run([sys.executable, "-m", "pipeline.benchmarks.train_allocator",
-                           "--data", str(smoke_data / "work/data/bin"), "--preset", "tiny", "--updates", "12",
+                           "--data", str(data_dir(smoke_data) / "bin"), "--preset", "tiny", "--updates", "12",
                            "--interval", "4", "--max-tokens", "1000", "--reps", "1", "--threads", "1"],
                           capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

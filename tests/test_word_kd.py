@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_ARCH
+from conftest import TINY_ARCH, data_dir
 from fairseq import checkpoint_utils, models, options, utils
 from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion,
@@ -290,7 +290,7 @@ def test_missing_teacher_fails_with_its_path(fairseq_setup, tiny_teacher, tmp_pa
 @pytest.mark.parametrize("change", ["entry", "extra"])
 def test_dictionary_mismatch_fails_naming_both_files(fairseq_setup, tiny_teacher, smoke_data, tmp_path, change):
     task, _, _ = fairseq_setup
-    bin_dir = smoke_data / "work" / "data" / "bin"
+    bin_dir = data_dir(smoke_data) / "bin"
     other = tmp_path / "teacher_bin"
     other.mkdir()
     shutil.copy(bin_dir / "dict.de.txt", other / "dict.de.txt")
@@ -348,7 +348,7 @@ def logged(log: str, key: str) -> list[float]:
 
 
 def test_fairseq_train_and_validate_with_word_kd(smoke_data, tiny_teacher, tmp_path):
-    bin_dir = smoke_data / "work" / "data" / "bin"
+    bin_dir = data_dir(smoke_data) / "bin"
     save_dir = tmp_path / "student"
     log = fairseq_cli(
         "fairseq_cli.train", *kd_train_args(bin_dir, save_dir, tiny_teacher, max_update=12), "--update-freq", "2",
@@ -392,7 +392,7 @@ def test_fairseq_train_and_validate_with_word_kd(smoke_data, tiny_teacher, tmp_p
 
 def test_fairseq_train_word_kd_on_two_ranks(smoke_data, tiny_teacher, tmp_path):
     """--distributed-world-size 2 on CPU (gloo; fairseq's c10d DDP needs GPUs): each rank loads its teacher."""
-    bin_dir = smoke_data / "work" / "data" / "bin"
+    bin_dir = data_dir(smoke_data) / "bin"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

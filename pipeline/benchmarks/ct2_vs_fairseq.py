@@ -1,7 +1,7 @@
 """Benchmark: CTranslate2 vs fairseq-generate decoding, same teacher, same sentences, same beam, one run.
 
-    python -m pipeline.benchmarks.ct2_vs_fairseq --model work/models/teacher/model.pt \
-        --src work/data/spm/train.de --n 5000 --beam 5 [--threads 2] [--json results/benchmarks/ct2.json]
+    python -m pipeline.benchmarks.ct2_vs_fairseq --model work/models/teacher-<key>/model.pt \
+        --src work/data/<dir>/spm/train.de --n 5000 --beam 5 [--threads 2] [--json results/benchmarks/ct2.json]
     python -m pipeline.benchmarks.ct2_vs_fairseq --model CKPT --src SPM_TRAIN --quick     # seconds
 
 1. fairseq (pipeline.decoding's fairseq backend, as the distillation shards and the evaluation run it) decodes the
@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      epilog="\n".join(__doc__.splitlines()[1:]))
     parser.add_argument("--model", type=Path, required=True, help="fairseq checkpoint (the teacher)")
     parser.add_argument("--data", type=Path, help="dictionaries (default: from the checkpoint)")
-    parser.add_argument("--src", type=Path, required=True, help="spm-encoded training source (work/data/spm/train.de)")
+    parser.add_argument("--src", type=Path, required=True, help="spm-encoded training source (work/data/<dir>/spm/train.de)")
     parser.add_argument("--n", type=int, help="sentences decoded by every backend (default 5000; --quick 200)")
     parser.add_argument("--tune-n", type=int, help="sentences for the tuning runs (default 500; --quick 100)")
     parser.add_argument("--test-src", type=Path, help="spm-encoded test source (default: test.<lang> beside --src)")

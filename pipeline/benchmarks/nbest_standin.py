@@ -1,7 +1,7 @@
 """BENCHMARK STAND-IN FOR THE TEACHER: n-best lists derived from the reference, no model, no decoding.
 
-    python -m pipeline.benchmarks.nbest_standin --index work/distill/index.json --shard-id 1 --num-shards 8 \
-        --out work/distill/shards/shard001-of-008.jsonl [--nbest 5] [--seed 1]
+    python -m pipeline.benchmarks.nbest_standin --index work/data/<dir>/distill_index-<shard_size>.json --shard-id 1 --num-shards 8 \
+        --out work/distill/<dir>/shards/shard001-of-008.jsonl [--nbest 5] [--seed 1]
 
 Writes a shard file in the format of pipeline.distill.decode_shard (written and verified the same
 way), so that post-processing and the merge can be measured and tested at any corpus size without

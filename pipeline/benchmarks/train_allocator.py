@@ -1,8 +1,8 @@
 """Benchmark of glibc allocator settings for CPU training: fairseq-train updates with and without them.
 
-    python -m pipeline.benchmarks.train_allocator --data work/data/bin --preset student_deep_shallow
-    python -m pipeline.benchmarks.train_allocator --data work/data/bin --preset student_deep_shallow \\
-        --teacher work/models/teacher/model.pt      # word-KD updates (the teacher runs in every step)
+    python -m pipeline.benchmarks.train_allocator --data work/data/<dir>/bin --preset student_deep_shallow
+    python -m pipeline.benchmarks.train_allocator --data work/data/<dir>/bin --preset student_deep_shallow \\
+        --teacher work/models/teacher-<key>/model.pt      # word-KD updates (the teacher runs in every step)
 
 glibc returns every large freed block to the kernel (mmap/munmap), so each training step page-faults
 its activations and gradients in again. MALLOC_MMAP_MAX_=0 keeps large blocks on the heap and a huge
@@ -76,7 +76,7 @@ def time_updates(cmd: list[str], env_changes: dict[str, str | None], threads: in
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="fairseq-binarised data (work/data/bin)")
+    parser.add_argument("--data", type=Path, required=True, help="fairseq-binarised data (work/data/<dir>/bin)")
     parser.add_argument("--preset", default="student_deep_shallow")
     parser.add_argument("--teacher", help="teacher checkpoint: time word-KD updates instead of CE")
     parser.add_argument("--updates", type=int, default=60)

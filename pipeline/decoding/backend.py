@@ -1,8 +1,8 @@
 """One interface for both decoders: open a model, decode n-best lists with scores, describe the runtime.
 
-    backend = open_backend("work/models/teacher/model.pt")        # fairseq checkpoint
+    backend = open_backend("work/models/teacher-<key>/model.pt")        # fairseq checkpoint
     backend = open_backend("export/student", compute_type="int8")  # CTranslate2 directory
-    backend = open_backend("work/models/teacher/model.pt:work/models/teacher_2/model.pt")  # a fairseq ensemble
+    backend = open_backend("work/models/teacher-<key>/model.pt:work/models/teacher_2-<key>/model.pt")  # a fairseq ensemble
     backend = backend_from_args(args)                              # add_decoding_args' flags
     decoded = backend.decode(spm_lines, SearchOptions(beam=5, nbest=5), warmup=True)
 

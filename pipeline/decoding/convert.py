@@ -1,7 +1,7 @@
 """Conversion: a fairseq Transformer checkpoint -> a CTranslate2 model directory (pipeline.decoding.ct2_dir).
 
-    python -m pipeline.ct2 convert --model work/models/teacher/model.pt --out work/ct2/teacher \
-        [--data work/data/bin] [--spm work/data/spm/spm.model] [--quantization float32] [--no-normalize] [--vmap FILE]
+    python -m pipeline.ct2 convert --model work/models/teacher-<key>/model.pt --out work/ct2/teacher-<key> \
+        [--data work/data/<dir>/bin] [--spm work/data/<dir>/spm/spm.model] [--quantization float32] [--no-normalize] [--vmap FILE]
 
 (the rules' command line; `python -m pipeline.decoding.convert` takes the same flags without `convert`).
 Only this module imports torch and fairseq on the CTranslate2 side: a converted model decodes without them.

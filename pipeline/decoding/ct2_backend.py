@@ -1,6 +1,6 @@
 """The CTranslate2 backend: a converted model (pipeline.decoding.convert) decoded several times faster than fairseq.
 
-    model = load("work/ct2/teacher", compute_type="auto", threads=2)
+    model = load("work/ct2/teacher-<key>", compute_type="auto", threads=2)
     nbest = decode_lines(model, ["▁Ein ▁Mann ...", ...], SearchOptions(beam=5, nbest=5))
 
 decode has the contract of the fairseq backend (an n-best list of hypotheses with tokens, score,

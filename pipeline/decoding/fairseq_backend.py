@@ -1,6 +1,6 @@
 """The fairseq backend: beam search with fairseq's own generator, n-best lists in input order.
 
-    backend = FairseqBackend(load_model("work/models/teacher/model.pt"))
+    backend = FairseqBackend(load_model("work/models/teacher-<key>/model.pt"))
     backend.decode(["▁Ein ▁Mann ...", ...], SearchOptions(beam=5, nbest=5)).hypotheses
 
 Hypotheses always come back in input order (restored by sample id: fairseq batches by length).

@@ -1,7 +1,7 @@
 """Loading a fairseq checkpoint for inference: the checkpoint file, its dictionaries, languages, plugins, device.
 
-    lm = load_model(Path("work/models/teacher/model.pt"))   # on CUDA when present
-    lm = load_model("work/models/teacher/model.pt:work/models/teacher_2/model.pt")  # an ensemble (fairseq's syntax)
+    lm = load_model(Path("work/models/teacher-<key>/model.pt"))   # on CUDA when present
+    lm = load_model("work/models/teacher-<key>/model.pt:work/models/teacher_2-<key>/model.pt")  # an ensemble (fairseq's syntax)
     find_spm(lm)                                            # the SentencePiece model it was trained with
 
 Used by the fairseq backend (pipeline.decoding.fairseq_backend), the conversion to CTranslate2
@@ -76,7 +76,7 @@ def resolve_data_dir(checkpoint: Path, cfg_data: str | None, override: str | os.
 
     Tried in order: an explicit override; the checkpoint's own directory (a self-contained model
     directory); the training data path stored in the checkpoint, as given, then relative to each
-    directory above the checkpoint (so work/models/X/model.pt finds a relative work/data/bin).
+    directory above the checkpoint (so work/models/X/model.pt finds a relative work/data/<dir>/bin).
     """
     if override is not None:
         path = Path(override)
@@ -94,7 +94,7 @@ def resolve_data_dir(checkpoint: Path, cfg_data: str | None, override: str | os.
             return path
     raise ModelError(
         f"{checkpoint}: cannot find the model's dictionaries (dict.*.txt): the training data directory "
-        f"stored in the checkpoint ({cfg_data}) does not exist here; pass --data DIR (e.g. work/data/bin)"
+        f"stored in the checkpoint ({cfg_data}) does not exist here; pass --data DIR (e.g. work/data/<dir>/bin)"
     )
 
 

@@ -1,10 +1,10 @@
 """Reassemble the teacher's shards by id into the distilled training corpus, with its statistics.
 
     python -m pipeline.distill.assemble --shards S1.jsonl S2.jsonl ... --num-shards 3 \
-        --ids work/data/clean/train.ids --src-spm work/data/spm/train.de --ref-spm work/data/spm/train.en \
-        --src-text work/data/clean/train.de --ref-text work/data/clean/train.en --spm-model work/data/spm/spm.model \
-        --out-src work/distill/train.de --out-tgt work/distill/train.en --out-ids work/distill/train.ids \
-        --text-src results/distill/train.de.txt --text-tgt results/distill/train.en.txt --stats results/distill/stats.json \
+        --ids work/data/<dir>/clean/train.ids --src-spm work/data/<dir>/spm/train.de --ref-spm work/data/<dir>/spm/train.en \
+        --src-text work/data/<dir>/clean/train.de --ref-text work/data/<dir>/clean/train.en --spm-model work/data/<dir>/spm/spm.model \
+        --out-src work/distill/<dir>/train.de --out-tgt work/distill/<dir>/train.en --out-ids work/distill/<dir>/train.ids \
+        --text-src work/distill/<dir>/train.de.txt --text-tgt work/distill/<dir>/train.en.txt --stats work/distill/<dir>/stats.json \
         [--selection top1|seq_inter] [--metric chrf|bleu] [--min-length-ratio 0.333] [--max-length-ratio 3]
         [--max-repeat 4] [--max-repeat-ngram 4] [--on-filtered reference|drop]
         [--max-fallback-share 0.2] [--fail-fallback-share 0.9]

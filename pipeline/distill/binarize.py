@@ -1,7 +1,7 @@
 """Binarise the distilled corpus with the teacher's dictionary, next to the real dev and test sets.
 
-    python -m pipeline.distill.binarize --trainpref work/distill/train --src de --tgt en \
-        --teacher-bin work/data/bin --destdir work/distill/bin [--workers 2]
+    python -m pipeline.distill.binarize --trainpref work/distill/<dir>/train --src de --tgt en \
+        --teacher-bin work/data/<dir>/bin --destdir work/distill/<dir>/bin [--workers 2]
 
 The teacher's dictionaries are imposed (never rebuilt from the distilled text), so a word-KD student
 trained on DESTDIR shares the teacher's vocabulary; valid and test are copied from the teacher's

@@ -1,15 +1,15 @@
 """Beam-decode one shard of the training source with the teacher: its n-best lists, by sentence id.
 
-    python -m pipeline.distill.decode_shard --model work/models/teacher/model.pt --data work/data/bin \
-        --index work/distill/index.json --shard 1 --num-shards 8 \
-        --out work/distill/shards/shard001-of-008.jsonl \
+    python -m pipeline.distill.decode_shard --model work/models/teacher-<key>/model.pt --data work/data/<dir>/bin \
+        --index work/data/<dir>/distill_index-<shard_size>.json --shard 1 --num-shards 8 \
+        --out work/distill/<dir>/shards/shard001-of-008.jsonl \
         [--beam 5] [--nbest 5] [--lenpen 1] [--max-len-a 1.2] [--max-len-b 10]
         [--max-tokens 6000] [--batch-size N] [--fp16] [--cpu] [--threads 2]
-        [--backend ctranslate2 --ct2-model work/ct2/teacher [--compute-type int8] [--vmap]]
+        [--backend ctranslate2 --ct2-model work/ct2/teacher-<key> [--compute-type int8] [--vmap]]
 
-    an ensemble: --model work/models/teacher/model.pt:work/models/teacher_2/model.pt (fairseq backend)
+    an ensemble: --model work/models/teacher-<key>/model.pt:work/models/teacher_2-<key>/model.pt (fairseq backend)
     a text-to-text teacher (teacher.ct2_model): --backend ctranslate2 --ct2-model DIR --text-teacher
-        --out-spm work/data/spm/spm.model --src de --tgt en (it reads the shard's cleaned text)
+        --out-spm work/data/<dir>/spm/spm.model --src de --tgt en (it reads the shard's cleaned text)
 
 The decoding flags are pipeline.decoding's (add_decoding_args): the same search and batch settings
 for either backend.

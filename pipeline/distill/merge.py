@@ -1,10 +1,10 @@
 """Merge the post-processed shards into the distilled corpus: concatenation in id order, exact statistics.
 
-    python -m pipeline.distill.merge --index work/distill/index.json [--num-shards 8] \
-        --parts work/distill/post/shard000-of-008 ... work/distill/post/shard007-of-008 \
-        --out-src work/distill/train.de --out-tgt work/distill/train.en --out-ids work/distill/train.ids \
-        --text-src results/distill/train.de.txt --text-tgt results/distill/train.en.txt \
-        --stats results/distill/stats.json [--max-fallback-share 0.2] [--fail-fallback-share 0.9]
+    python -m pipeline.distill.merge --index work/data/<dir>/distill_index-<shard_size>.json [--num-shards 8] \
+        --parts work/distill/<dir>/post/shard000-of-008 ... work/distill/<dir>/post/shard007-of-008 \
+        --out-src work/distill/<dir>/train.de --out-tgt work/distill/<dir>/train.en --out-ids work/distill/<dir>/train.ids \
+        --text-src work/distill/<dir>/train.de.txt --text-tgt work/distill/<dir>/train.en.txt \
+        --stats work/distill/<dir>/stats.json [--max-fallback-share 0.2] [--fail-fallback-share 0.9]
 
 Each part is a directory written by pipeline.distill.postprocess. The merge checks that every shard
 of the run is there exactly once, made with the same selection and filters, and that each part

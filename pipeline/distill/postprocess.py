@@ -1,8 +1,8 @@
 """Post-process one decoded shard: target selection, filters and the shard's statistics, in the shard job.
 
-    python -m pipeline.distill.postprocess --shard work/distill/shards/shard001-of-008.jsonl \
-        --shard-id 1 --num-shards 8 --index work/distill/index.json --spm-model work/data/spm/spm.model \
-        --out-dir work/distill/post/shard001-of-008 \
+    python -m pipeline.distill.postprocess --shard work/distill/<dir>/shards/shard001-of-008.jsonl \
+        --shard-id 1 --num-shards 8 --index work/data/<dir>/distill_index-<shard_size>.json --spm-model work/data/<dir>/spm/spm.model \
+        --out-dir work/distill/<dir>/post/shard001-of-008 \
         [--selection top1|seq_inter] [--metric chrf|bleu] [--min-length-ratio 0.333] [--max-length-ratio 3]
         [--max-repeat 4] [--max-repeat-ngram 4] [--on-filtered reference|drop]
 

@@ -1,8 +1,8 @@
 """The shard plan of the distillation: shard count from the corpus size, and byte offsets of every shard.
 
-    python -m pipeline.distill.shard_index --shard-size 100000 --ids work/data/clean/train.ids \
-        --src-spm work/data/spm/train.de --ref-spm work/data/spm/train.en \
-        --src-text work/data/clean/train.de --ref-text work/data/clean/train.en --out work/distill/index.json
+    python -m pipeline.distill.shard_index --shard-size 100000 --ids work/data/<dir>/clean/train.ids \
+        --src-spm work/data/<dir>/spm/train.de --ref-spm work/data/<dir>/spm/train.en \
+        --src-text work/data/<dir>/clean/train.de --ref-text work/data/<dir>/clean/train.en --out work/data/<dir>/distill_index-<shard_size>.json
 
 The number of shards is ceil(lines / shard_size) (at least 1); shard k holds the positions
 shards.shard_range(lines, shards, k), so no shard exceeds shard_size lines. For each of the five
@@ -14,7 +14,7 @@ same number of lines, and the ids are integers in strictly increasing order (lin
 raw corpus), so that the shard owning any id is found from each shard's first id.
 
     from pipeline.distill.shard_index import shard_input
-    ids, lines = shard_input("work/distill/index.json", shard, num_shards)  # the shard's source (spm)
+    ids, lines = shard_input("work/data/<dir>/distill_index-<shard_size>.json", shard, num_shards)  # the shard's source (spm)
 
 (ShardIndex gives more: .range(shard) -> positions [start, end), .file("src_spm") -> the path, so a
 message can name "FILE: line start + i + 1" as the whole-file reading did.)

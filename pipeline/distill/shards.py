@@ -2,7 +2,7 @@
 
 A shard is a fixed, contiguous range of positions in the cleaned training corpus; its output is a
 JSONL file with one record per sentence, {"id": int, "hyps": [{"text": str, "score": float}, ...]},
-where id is the pair's id from work/data/clean/train.ids (its line number in the raw corpus).
+where id is the pair's id from work/data/<dir>/clean/train.ids (its line number in the raw corpus).
 Reassembly never trusts positions in shard files: it indexes records by id and checks that every
 training id occurs exactly once, in the shard that owns it.
 """

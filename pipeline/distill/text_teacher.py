@@ -1,6 +1,6 @@
 """A text-to-text teacher (a CTranslate2 model with its own SentencePiece model(s)) decoding for the students.
 
-    nbests = decode_text(backend, ["Ein Mann ...", ...], options, out_spm="work/data/spm/spm.model")
+    nbests = decode_text(backend, ["Ein Mann ...", ...], options, out_spm="work/data/<dir>/spm/spm.model")
 
 The source text is encoded with the teacher's source SentencePiece model, decoded, every hypothesis
 turned back into text with its target model and re-encoded with the students' (out_spm): the

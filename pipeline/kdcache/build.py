@@ -1,7 +1,7 @@
 """Run the teacher once over a student's training targets and store its top-K per target token.
 
-    python -m pipeline.kdcache shard --teacher work/models/teacher/model.pt --data work/distill/bin \\
-        --cache work/kdcache/distilled --split train --shard 0 --num-shards 2 --topk 8 [--max-tokens 4000]
+    python -m pipeline.kdcache shard --teacher work/models/teacher-<key>/model.pt --data work/distill/<dir>/bin \\
+        --cache work/kdcache/distilled-<key> --split train --shard 0 --num-shards 2 --topk 8 [--max-tokens 4000]
     python -m pipeline.kdcache index --teacher ... --data ... --cache ... --num-shards 2 [--splits train,valid]
     python -m pipeline.kdcache build --teacher ... --data ... --cache ... --num-shards 2 --topk 8 [--splits train,valid]
 

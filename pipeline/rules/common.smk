@@ -21,7 +21,8 @@ import sys
 from pipeline.ct2 import COMPUTE_TYPES as CT2_COMPUTE_TYPES
 from pipeline.distill.shards import shard_name
 from pipeline.errors import ConfigError
-from pipeline.models import ENSEMBLE, TEACHER, model_records, model_specs
+from pipeline.models import ENSEMBLE, TEACHER, model_records
+from pipeline.settings import stage_layout
 from pipeline.teachers import CHECKPOINTS, CT2, check_ct2_teacher, check_external_teacher, teacher_kind
 from pipeline.spm import DEFAULT_MAX_POSITIONS, max_pieces_for
 
@@ -52,38 +53,80 @@ REPO = workflow.basedir
 shell.prefix("set -euo pipefail; export PYTHONPATH=" + REPO + "${{PYTHONPATH:+:$PYTHONPATH}}; ")
 
 # ---------------------------------------------------------------------------------------------------
-# Paths
+# Paths. Every stage's outputs live in a directory keyed by the settings that made them
+# (pipeline.settings: a readable name plus a hash, settings.json beside the outputs), so experiments
+# (config `experiment`) share whatever their settings share; results/<experiment>/ holds one
+# experiment's evaluations, training records, TensorBoard links and report.
 
-RAW_DIR = "work/data/raw"
+TEACHER_KIND = teacher_kind(config)  # first: refuses a config with two kinds of teacher
+LAYOUT = stage_layout(config)
+MODELS = LAYOUT.specs
+EXPERIMENT = config["experiment"]
+RESULTS = LAYOUT.results_dir  # results/<experiment>
+DATA_DIR = LAYOUT.data_dir  # work/data/<src>-<tgt>-<key>
+RAW_DIR = DATA_DIR + "/raw"
 RAW = RAW_DIR + "/{split}.{lang}"  # as fetched (the references of the evaluation)
-NORM = "work/data/norm/{split}.{lang}"  # punctuation-normalised
-CLEAN_TEXT = "work/data/clean/train.{lang}"  # the cleaned training corpus
-SPM_PREFIX = "work/data/spm/spm"
+NORM = DATA_DIR + "/norm/{split}.{lang}"  # punctuation-normalised
+CLEAN_TEXT = DATA_DIR + "/clean/train.{lang}"  # the cleaned training corpus
+SPM_PREFIX = DATA_DIR + "/spm/spm"
 SPM_MODEL = SPM_PREFIX + ".model"
-SPM_TEXT_PREFIX = "work/data/spm/"
+SPM_TEXT_PREFIX = DATA_DIR + "/spm/"
 SPM_TEXT = SPM_TEXT_PREFIX + "{split}.{lang}"  # spm-encoded splits (train: the cleaned corpus)
-BIN_DIR = "work/data/bin"  # the reference data, binarised with the joint dictionary
-DISTILL_TEXT_PREFIX = "work/distill/train"
+DATA_SETTINGS = DATA_DIR + "/settings.json"  # what the key of each keyed directory hashes (rule stage_settings)
+BIN_DIR = DATA_DIR + "/bin"  # the reference data, binarised with the joint dictionary
+CLEAN_STATS = DATA_DIR + "/clean_stats.json"
+CLEAN_IDS = DATA_DIR + "/clean/train.ids"
+DISTILL_DIR = LAYOUT.distill_dir  # work/distill/<selection>_beam<N>-<key>
+DISTILL_TEXT_PREFIX = DISTILL_DIR + "/train"
 DISTILL_TEXT = DISTILL_TEXT_PREFIX + ".{lang}"  # the distilled corpus, spm-encoded
 DISTILL_IDS = DISTILL_TEXT_PREFIX + ".ids"
-DISTILL_PLAIN = "results/distill/train.{lang}.txt"  # the distilled corpus as text
-DISTILL_BIN = "work/distill/bin"  # the distilled training set beside the real dev and test sets
-DISTILL_STATS = "results/distill/stats.json"
-CLEAN_STATS = "results/data/clean_stats.json"
-CLEAN_IDS = "work/data/clean/train.ids"
-MODEL_DIR = "work/models/{model}"
+DISTILL_PLAIN = DISTILL_TEXT_PREFIX + ".{lang}.txt"  # the distilled corpus as text
+DISTILL_BIN = DISTILL_DIR + "/bin"  # the distilled training set beside the real dev and test sets
+DISTILL_STATS = DISTILL_DIR + "/stats.json"
+DISTILL_SETTINGS = DISTILL_DIR + "/settings.json"
+
+# Models: work/models/<name>-<key> ({mdir}: the directory's name; MODEL_NAMES maps it back to the roster's
+# name, which the evaluations and the report use). model_path(MODEL, name) is one model's file.
+MODEL_DIRS = {name: stage.dir for name, stage in LAYOUT.models.items()}
+MODEL_NAMES = {mdir: name for name, mdir in MODEL_DIRS.items()}
+MODEL_DIR = "work/models/{mdir}"
 MODEL = MODEL_DIR + "/model.pt"
 MODEL_SPEC = MODEL_DIR + "/spec.json"  # the model's settings (pipeline.models.model_records), copied into its evaluations
 MODEL_SPM = MODEL_DIR + "/spm.model"  # beside model.pt, so that `pipeline.translate --model` needs nothing else
-TEACHER_MODEL = MODEL.format(model=TEACHER)
-CT2_DIR = "work/ct2/{model}"  # a converted model (float32), with its spm.model and pipeline.json
+MODEL_METRICS = MODEL_DIR + "/train.jsonl"  # fairseq's progress records of a model's training
+MODEL_TB = MODEL_DIR + "/tb"  # its TensorBoard logs (linked from results/<experiment>/tb/<name>)
+MODEL_SETTINGS = MODEL_DIR + "/settings.json"
+
+
+def model_path(template, name):
+    """A model's file: template (MODEL, MODEL_SPEC, ...) in the model's keyed directory."""
+    return template.format(mdir=MODEL_DIRS[name])
+
+
+def dir_pattern(names, dirs):
+    """Wildcard constraint: the keyed directories of these names only."""
+    return "|".join(re.escape(dirs[name]) for name in names) or "(?!)"
+
+
+CT2_DIRS = {name: stage.dir for name, stage in LAYOUT.ct2.items()}
+CT2_NAMES = {cdir: name for name, cdir in CT2_DIRS.items()}
+CT2_DIR = "work/ct2/{cdir}"  # a converted model (float32), with its spm.model and pipeline.json
 CT2_MODEL = CT2_DIR + "/model.bin"
-VMAP = "work/ct2/vmap.txt"  # the vocabulary shortlist (pipeline.vmap) from the training corpus
+# the vocabulary shortlist (pipeline.vmap) from the training corpus, per shortlist setting
+VMAP = DATA_DIR + "/vmap-{frequent}-{per_source}.txt".format(**CT2_CFG["vmap"])
 CT2_VMAP = VMAP if CT2_CFG["vmap"]["enabled"] else None  # the shortlist every CTranslate2 job uses, if any
-TRAIN_METRICS = "results/train/{model}.jsonl"  # fairseq's progress records of a model's training
-EVAL_JSON = "results/eval/{model}/{evalset}.json"
-EVAL_BEAM = "results/eval/{model}/{evalset}.beam.txt"  # the beam hypotheses the report's paired bootstrap resamples
-EVAL_CT2_JSON = "results/eval/{model}/{evalset}.ct2-{compute_type}.json"
+TRAIN_METRICS = RESULTS + "/train/{model}.jsonl"  # a copy of each trained model's progress records
+TB_LINK = RESULTS + "/tb/{model}"  # a link to each trained model's TensorBoard logs: `tensorboard --logdir results/<experiment>/tb`
+EVAL_DIR = RESULTS + "/eval/{model}"
+EVAL_JSON = EVAL_DIR + "/{evalset}.json"
+EVAL_BEAM = EVAL_DIR + "/{evalset}.beam.txt"  # the beam hypotheses the report's paired bootstrap resamples
+EVAL_CT2_JSON = EVAL_DIR + "/{evalset}.ct2-{compute_type}.json"
+SUMMARY_CSV = RESULTS + "/summary.csv"  # the report's table of every model on every set (rule report_summary)
+PLOTS_DIR = RESULTS + "/plots"
+
+
+def ct2_path(template, name):
+    return template.format(cdir=CT2_DIRS[name])
 
 
 def dict_files(bin_dir):
@@ -104,9 +147,11 @@ def bin_files(bin_dir):
 # of the cleaned corpus (byte offsets of each in DISTILL_INDEX). Shard ids are zero-padded (at least 3
 # digits) and the shard count is part of every shard's file name, so that shards made for another count
 # are never taken for finished ones. ({nshards}: Snakemake reserves the wildcard name `count`.)
-DISTILL_INDEX = "work/distill/index.json"
-DISTILL_SHARD = "work/distill/shards/shard{shard}-of-{nshards}.jsonl"  # the teacher's n-best lists
-DISTILL_PART = "work/distill/post/shard{shard}-of-{nshards}"  # the shard post-processed (a directory)
+# The index depends on the cleaned corpus and the shard size only: it lives in the data stage's directory,
+# so that a new distillation (another beam, another teacher) plans its shards without a new index.
+DISTILL_INDEX = DATA_DIR + f"/distill_index-{DISTILL_CFG['shard_size']}.json"
+DISTILL_SHARD = DISTILL_DIR + "/shards/shard{shard}-of-{nshards}.jsonl"  # the teacher's n-best lists
+DISTILL_PART = DISTILL_DIR + "/post/shard{shard}-of-{nshards}"  # the shard post-processed (a directory)
 DISTILL_SHARD_CONSTRAINTS = {"shard": r"\d\d\d+", "nshards": r"\d\d\d+"}  # (a {3,} here would match nothing)
 
 
@@ -123,14 +168,17 @@ def distill_parts(wildcards):
 
 
 # Teacher caches (pipeline.kdcache): the teacher's top-K per target token of a word-KD student's training
-# data, one cache per data directory (reference: work/data/bin, distilled: work/distill/bin), each split
-# (fairseq's train and valid) in students.kd_cache_shards shard directories, then cache.json.
+# data, one cache per data directory (reference: the data stage's bin, distilled: the distillation's), each
+# split (fairseq's train and valid) in students.kd_cache_shards shard directories, then cache.json. The
+# cache's directory is keyed ({kdir}: work/kdcache/<targets>-<key>; KDCACHE_TARGETS maps it back).
 KD_CACHE = STUDENTS_CFG["kd_cache"]  # one teacher's distributions: an ensemble's students run the members online
 KDCACHE_SHARDS = STUDENTS_CFG["kd_cache_shards"]
 KDCACHE_ID_WIDTH = max(3, len(str(KDCACHE_SHARDS - 1)))
 KDCACHE_SHARD_IDS = [f"{i:0{KDCACHE_ID_WIDTH}d}" for i in range(KDCACHE_SHARDS)]
 KDCACHE_SPLITS = ["train", "valid"]  # fairseq's names: the criterion reads train in training, valid in validation
-KDCACHE_DIR = "work/kdcache/{targets}"
+KDCACHE_DIRS = {targets: stage.dir for targets, stage in LAYOUT.kdcache.items()}
+KDCACHE_TARGETS = {kdir: targets for targets, kdir in KDCACHE_DIRS.items()}
+KDCACHE_DIR = "work/kdcache/{kdir}"
 KDCACHE_SHARD = KDCACHE_DIR + f"/{{split}}/shard{{shard}}-of-{KDCACHE_SHARDS:0{KDCACHE_ID_WIDTH}d}"  # a directory
 KDCACHE_INDEX = KDCACHE_DIR + "/cache.json"
 
@@ -138,9 +186,9 @@ KDCACHE_INDEX = KDCACHE_DIR + "/cache.json"
 # Model roster: the teacher, then one student per variant (x alpha x temperature for word-KD) and per
 # seed of students.seeds (names end in _s<seed> only when there are several; spec.json records it)
 
-MODELS = model_specs(config)
 STUDENTS = [name for name in MODELS if MODELS[name].variant != TEACHER]
 MODEL_PATTERN = "|".join(re.escape(name) for name in MODELS)  # wildcard constraint: only models of the roster
+MODEL_DIR_PATTERN = dir_pattern(MODELS, MODEL_DIRS)  # the same for their keyed directories
 # Distillation is planned (in `all`) only when a student trains on distilled targets (seq_kd, seq_word_kd).
 USES_DISTILLATION = any(MODELS[name].targets == "distilled" for name in STUDENTS)
 
@@ -154,14 +202,15 @@ USES_DISTILLATION = any(MODELS[name].targets == "distilled" for name in STUDENTS
 # Several teachers are an ensemble: the distillation decodes with all of them (fairseq), word-KD
 # students learn from all of them, the evaluation has every member plus the ENSEMBLE entry.
 
-TEACHER_KIND = teacher_kind(config)
 TEACHERS = [name for name in MODELS if MODELS[name].variant == TEACHER]  # members, in order
-TEACHER_MODELS = [MODEL.format(model=name) for name in TEACHERS]
+TEACHER_MODELS = [model_path(MODEL, name) for name in TEACHERS]
+TEACHER_MODEL = TEACHER_MODELS[0] if TEACHERS else []  # a teacher cache's (one teacher); none for a CTranslate2 teacher
 TEACHER_PATHS = ":".join(TEACHER_MODELS)  # fairseq's ensemble syntax: decode_shard --model, word_kd --teacher-path
 IS_ENSEMBLE = len(TEACHERS) > 1
 EXTERNAL = check_external_teacher(config) if TEACHER_KIND == CHECKPOINTS else None
 IMPORTED = {name: str(path.resolve()) for name, path in zip(TEACHERS, EXTERNAL.checkpoints)} if EXTERNAL else {}
-TRAINED_PATTERN = "|".join(re.escape(name) for name in MODELS if name not in IMPORTED)
+TRAINED = [name for name in MODELS if name not in IMPORTED]
+TRAINED_DIR_PATTERN = dir_pattern(TRAINED, MODEL_DIRS)
 CT2_TEACHER = check_ct2_teacher(config, [name for name in STUDENTS if MODELS[name].uses_teacher]) if TEACHER_KIND == CT2 else None
 if IS_ENSEMBLE and DISTILL_CFG["backend"] == "ctranslate2" and USES_DISTILLATION:
     raise ConfigError(f"config distill.backend: ctranslate2 cannot decode an ensemble ({len(TEACHERS)} teachers: "
@@ -180,15 +229,16 @@ def train_data_dir(name):
 
 
 def kdcache_dir(name):
-    """The teacher cache a model trains with (word-KD students when students.kd_cache is on), else None."""
-    if not (KD_CACHE and not IS_ENSEMBLE and MODELS[name].uses_teacher):  # an ensemble's KL runs online
-        return None
-    return KDCACHE_DIR.format(targets=MODELS[name].targets)
+    """The teacher cache a model trains with (word-KD students when students.kd_cache is on and there is one
+    teacher: an ensemble's KL runs online), else None."""
+    cache = LAYOUT.student_kdcache(name)
+    return KDCACHE_DIR.format(kdir=cache.dir) if cache else None
 
 
 def model_targets(names):
-    """What a trained model is: model.pt, spec.json and spm.model (the teacher and students targets)."""
-    return [path.format(model=name) for name in names for path in (MODEL, MODEL_SPEC, MODEL_SPM)]
+    """What a trained model is: model.pt, spec.json, spm.model and settings.json (the teacher and students
+    targets)."""
+    return [model_path(path, name) for name in names for path in (MODEL, MODEL_SPEC, MODEL_SPM, MODEL_SETTINGS)]
 
 
 MODEL_RECORDS = model_records(MODELS, src=SRC, tgt=TGT, spm=SPM_MODEL, data_dir=train_data_dir, teacher=STUDENTS_TEACHER)
@@ -199,8 +249,7 @@ if IS_ENSEMBLE:
                                "members": TEACHERS}
     if IMPORTED:
         MODEL_RECORDS[ENSEMBLE]["checkpoint"] = ":".join(IMPORTED.values())
-RECORD_PATTERN = "|".join(re.escape(name) for name in MODEL_RECORDS)  # models with spec.json and spm.model
-TB_DIR = "results/tb/{model}"  # TensorBoard logs of each training job: `tensorboard --logdir results/tb`
+RECORD_DIR_PATTERN = dir_pattern(MODEL_RECORDS, MODEL_DIRS)  # models with spec.json and spm.model
 
 # ---------------------------------------------------------------------------------------------------
 # Evaluation sets and what the report summarises
@@ -327,8 +376,27 @@ if CT2_TEACHER:  # text in, text out: its own spm in, the students' spm out (no 
                          f"--src {SRC} --tgt {TGT}", CT2_COMPUTE_TYPE_FLAG, CT2_THREAD_FLAGS, ct2_batch_flags(DISTILL_CFG))
 elif DISTILL_CT2:
     DISTILL_FLAGS = join(search_flags(DISTILL_CFG, nbest=True), flags(("--fp16", DISTILL_CFG["fp16"])),
-                         f"--backend ctranslate2 --ct2-model {CT2_DIR.format(model=TEACHER)}", CT2_COMPUTE_TYPE_FLAG,
+                         f"--backend ctranslate2 --ct2-model {ct2_path(CT2_DIR, TEACHER)}", CT2_COMPUTE_TYPE_FLAG,
                          CT2_VMAP_FLAG, CT2_THREAD_FLAGS, ct2_batch_flags(DISTILL_CFG))
 else:
     DISTILL_FLAGS = join(search_flags(DISTILL_CFG, nbest=True), batch_flags(DISTILL_CFG),
                          flags(("--fp16", DISTILL_CFG["fp16"])))
+
+# ---------------------------------------------------------------------------------------------------
+# settings.json of every keyed directory (rule stage_settings): path -> what it records
+
+KDCACHE_SETTINGS = KDCACHE_DIR + "/settings.json"
+CT2_SETTINGS = CT2_DIR + "/settings.json"
+SETTINGS_RECORDS = {
+    DATA_SETTINGS: LAYOUT.data.record(),
+    DISTILL_SETTINGS: LAYOUT.distill.record(),
+    **{model_path(MODEL_SETTINGS, name): stage.record() for name, stage in LAYOUT.models.items()},
+    **{KDCACHE_SETTINGS.format(kdir=stage.dir): stage.record() for stage in LAYOUT.kdcache.values()},
+    **{ct2_path(CT2_SETTINGS, name): stage.record() for name, stage in LAYOUT.ct2.items()},
+}
+
+
+def kdcache_settings(names):
+    """settings.json of the teacher caches these models train with."""
+    return sorted({KDCACHE_SETTINGS.format(kdir=LAYOUT.student_kdcache(name).dir)
+                   for name in names if LAYOUT.student_kdcache(name)})

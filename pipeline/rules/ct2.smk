@@ -1,6 +1,7 @@
 # CTranslate2 conversion: every model converted once (float32 weights, lossless; the compute type is
 # chosen when a job loads it, for the device the job got). Used by the distillation (distill.backend),
 # the evaluation (evaluate.backends) and the export; the flags of those jobs are built in common.smk.
+# Each converted model has its keyed directory (CT2_DIR: work/ct2/<name>-<key>, {cdir} in the rules).
 # Settings: config `ct2:`; compute: resources.convert.
 
 
@@ -32,20 +33,20 @@ rule ct2_vmap:
 rule ct2_convert:
     input:
         unpack(lambda wildcards: {"vmap": CT2_VMAP} if CT2_VMAP else {}),
-        model=MODEL,
+        model=lambda wildcards: model_path(MODEL, CT2_NAMES[wildcards.cdir]),
         spm=SPM_MODEL,
         dicts=dict_files(BIN_DIR),
     output:
         CT2_MODEL,
     wildcard_constraints:
-        model=MODEL_PATTERN,
+        cdir=dir_pattern(CT2_DIRS, CT2_DIRS),
     params:
-        out=lambda wildcards: CT2_DIR.format(model=wildcards.model),
+        out=lambda wildcards: CT2_DIR.format(cdir=wildcards.cdir),
         flags=join("--quantization float32", NORMALIZE_FLAG, CT2_VMAP_FILE_FLAG),
     log:
-        "logs/ct2/convert.{model}.log",
+        "logs/ct2/convert.{cdir}.log",
     benchmark:
-        "benchmarks/ct2/convert.{model}.tsv"
+        "benchmarks/ct2/convert.{cdir}.tsv"
     threads: res("convert")["threads"]
     resources:
         mem_mb=res("convert")["mem_mb"],

@@ -184,3 +184,4 @@ rule data:
     input:
         bin_files(BIN_DIR),
         CLEAN_STATS,
+        DATA_SETTINGS,

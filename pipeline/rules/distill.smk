@@ -1,12 +1,13 @@
 # Distillation stage (sequence-level KD). The checkpoint distill_shard_index splits the cleaned
-# training corpus into ceil(lines / distill.shard_size) shards (byte offsets in work/distill/index.json,
-# no copies of the corpus); the teacher (an ensemble: all its members, fairseq backend; a CTranslate2
+# training corpus into ceil(lines / distill.shard_size) shards (byte offsets in the data stage's
+# distill_index-<shard_size>.json, no copies of the corpus); the teacher (an ensemble: all its members, fairseq backend; a CTranslate2
 # teacher: text to text) beam-decodes each shard in its own job, reading only its range (a killed run
 # redoes only the shards without a finished output); each shard is post-processed in its own job
 # (target selection, filters, statistics as sums); the merge concatenates the shards' outputs in id
 # order, checks every id and adds the statistics exactly (with the fallback-share check:
 # distill.max_fallback_share warns, distill.fail_fallback_share fails); the distilled corpus is
-# binarised with the teacher's dictionary next to the real dev and test sets.
+# binarised with the teacher's dictionary next to the real dev and test sets. Everything but the index
+# lives in the distillation's keyed directory (DISTILL_DIR: work/distill/<selection>_beam<N>-<key>).
 # Settings: config `distill:` (decoding flags: DISTILL_FLAGS of common.smk); compute: resources.distill
 # per decoding job, resources.distill_post per shard, resources.distill_merge, resources.binarize.
 # Part of `all` only when a student trains on distilled targets (seq_kd, seq_word_kd). Until the index
@@ -63,7 +64,7 @@ def decode_shard_inputs(wildcards):
                 "teacher_spm": sorted({str(path) for path in ct2_spm_models(CT2_TEACHER)}), "out_spm": SPM_MODEL}
     return {"index": DISTILL_INDEX,
             "model": TEACHER_MODELS,  # every member of an ensemble
-            "dicts": dict_files(BIN_DIR), "ct2": [CT2_MODEL.format(model=TEACHER)] if DISTILL_CT2 else []}
+            "dicts": dict_files(BIN_DIR), "ct2": [ct2_path(CT2_MODEL, TEACHER)] if DISTILL_CT2 else []}
 
 
 def decode_shard_model(wildcards, input):
@@ -182,3 +183,4 @@ rule distill:
         bin_files(DISTILL_BIN),
         DISTILL_STATS,
         expand(DISTILL_PLAIN, lang=LANGS),
+        DISTILL_SETTINGS,

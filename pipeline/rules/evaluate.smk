@@ -32,11 +32,11 @@ def eval_source_flags(builtin_flag):
 
 def evaluated_checkpoints(name):
     """The checkpoint(s) an evaluation decodes with: a model's, or every member's for the ensemble entry."""
-    return TEACHER_MODELS if name == ENSEMBLE else [MODEL.format(model=name)]
+    return TEACHER_MODELS if name == ENSEMBLE else [model_path(MODEL, name)]
 
 
 def eval_inputs(wildcards):
-    return {"model": evaluated_checkpoints(wildcards.model), "spec": MODEL_SPEC.format(model=wildcards.model),
+    return {"model": evaluated_checkpoints(wildcards.model), "spec": model_path(MODEL_SPEC, wildcards.model),
             "spm": SPM_MODEL, "dicts": dict_files(BIN_DIR),
             **eval_set_inputs(wildcards.evalset, split_files(BIN_DIR, wildcards.evalset) if wildcards.evalset in EVAL_BUILTIN else None)}
 
@@ -46,8 +46,8 @@ rule evaluate_model:
         unpack(eval_inputs),
     output:
         json=EVAL_JSON,
-        beam="results/eval/{model}/{evalset}.beam.txt",
-        greedy="results/eval/{model}/{evalset}.greedy.txt",
+        beam=EVAL_BEAM,
+        greedy=EVAL_DIR + "/{evalset}.greedy.txt",
     wildcard_constraints:
         model="|".join([MODEL_PATTERN, *ENSEMBLE_EVALUATED]),
         evalset=EVAL_SET_PATTERN,
@@ -77,7 +77,7 @@ rule evaluate_model:
 
 def eval_ct2_inputs(wildcards):
     # built-in sets: the data stage's spm-encoded text, no binarised split needed
-    return {"model": CT2_MODEL.format(model=wildcards.model), "spec": MODEL_SPEC.format(model=wildcards.model),
+    return {"model": ct2_path(CT2_MODEL, wildcards.model), "spec": model_path(MODEL_SPEC, wildcards.model),
             **eval_set_inputs(wildcards.evalset, SPM_TEXT.format(split=wildcards.evalset, lang=SRC))}
 
 
@@ -88,8 +88,8 @@ rule evaluate_model_ct2:
         unpack(eval_ct2_inputs),
     output:
         json=EVAL_CT2_JSON,
-        beam="results/eval/{model}/{evalset}.ct2-{compute_type}.beam.txt",
-        greedy="results/eval/{model}/{evalset}.ct2-{compute_type}.greedy.txt",
+        beam=EVAL_DIR + "/{evalset}.ct2-{compute_type}.beam.txt",
+        greedy=EVAL_DIR + "/{evalset}.ct2-{compute_type}.greedy.txt",
     wildcard_constraints:
         model=MODEL_PATTERN,
         evalset=EVAL_SET_PATTERN,
@@ -97,7 +97,7 @@ rule evaluate_model_ct2:
     params:
         source=eval_source_flags(lambda wildcards, input: f"--src-pieces {input.src}"),
         decoding=EVAL_CT2_FLAGS,
-        ct2_dir=lambda wildcards: CT2_DIR.format(model=wildcards.model),
+        ct2_dir=lambda wildcards: ct2_path(CT2_DIR, wildcards.model),
     log:
         "logs/eval/{model}.{evalset}.ct2-{compute_type}.log",
     benchmark:
@@ -120,3 +120,4 @@ rule evaluate:
     input:
         eval_outputs([*MODELS, *ENSEMBLE_EVALUATED]),
         eval_ct2_outputs(MODELS),
+        [ct2_path(CT2_SETTINGS, name) for name in MODELS] if EVAL_CT2 else [],

@@ -8,8 +8,8 @@
 
 def export_inputs(wildcards):
     inputs = {
-        "model": MODEL.format(model=wildcards.model),
-        "spec": MODEL_SPEC.format(model=wildcards.model),
+        "model": model_path(MODEL, wildcards.model),
+        "spec": model_path(MODEL_SPEC, wildcards.model),
         "spm": SPM_MODEL,
         "dicts": dict_files(BIN_DIR),
         "src": SPM_TEXT.format(split="test", lang=SRC),

@@ -4,15 +4,17 @@
 # (--kd-teacher-cache) instead of running the teacher in every step. One job per shard and split
 # (a killed run redoes only the shards without a finished directory), then an index step that checks
 # every shard was made for the current teacher, dictionaries and data and writes cache.json.
+# Each cache has its keyed directory (KDCACHE_DIR: work/kdcache/<targets>-<key>, {kdir} in the rules).
 # Settings: students.kd_cache, kd_topk, kd_cache_shards; compute: resources.kdcache per shard job.
 
-KDCACHE_DATA = {"reference": BIN_DIR, "distilled": DISTILL_BIN}
+KDCACHE_DATA = {"reference": BIN_DIR, "distilled": DISTILL_BIN}  # by training targets (KDCACHE_TARGETS[kdir])
+KDCACHE_DIR_PATTERN = dir_pattern(KDCACHE_DIRS, KDCACHE_DIRS)
 KDCACHE_SPLIT_NAMES = {"train": "train", "valid": "dev"}  # fairseq split -> our split (split_files)
 KDCACHE_SPLITS_ARG = ",".join(KDCACHE_SPLITS)
 
 
 def kdcache_shard_inputs(wildcards):
-    data = KDCACHE_DATA[wildcards.targets]
+    data = KDCACHE_DATA[KDCACHE_TARGETS[wildcards.kdir]]
     return {"teacher": TEACHER_MODEL, "dicts": dict_files(data),
             "split": split_files(data, KDCACHE_SPLIT_NAMES[wildcards.split])}
 
@@ -23,17 +25,17 @@ rule kdcache_shard:
     output:
         directory(KDCACHE_SHARD),
     wildcard_constraints:
-        targets="reference|distilled",
+        kdir=KDCACHE_DIR_PATTERN,
         split="train|valid",
         shard=rf"\d{{{KDCACHE_ID_WIDTH}}}",
     params:
-        data=lambda wildcards: KDCACHE_DATA[wildcards.targets],
-        cache=lambda wildcards: KDCACHE_DIR.format(targets=wildcards.targets),
-        topk=STUDENTS_CFG["kd_topk"],  # a new K rebuilds the cache
+        data=lambda wildcards: KDCACHE_DATA[KDCACHE_TARGETS[wildcards.kdir]],
+        cache=lambda wildcards: KDCACHE_DIR.format(kdir=wildcards.kdir),
+        topk=STUDENTS_CFG["kd_topk"],  # a new K rebuilds the cache (and is part of its key)
     log:
-        "logs/kdcache/{targets}.{split}.shard{shard}.log",
+        "logs/kdcache/{kdir}.{split}.shard{shard}.log",
     benchmark:
-        "benchmarks/kdcache/{targets}.{split}.shard{shard}.tsv"
+        "benchmarks/kdcache/{kdir}.{split}.shard{shard}.tsv"
     threads: res("kdcache")["threads"]
     resources:
         mem_mb=res("kdcache")["mem_mb"],
@@ -49,18 +51,18 @@ rule kdcache_shard:
 
 rule kdcache_index:
     input:
-        shards=lambda wildcards: expand(KDCACHE_SHARD, targets=wildcards.targets, split=KDCACHE_SPLITS,
+        shards=lambda wildcards: expand(KDCACHE_SHARD, kdir=wildcards.kdir, split=KDCACHE_SPLITS,
                                         shard=KDCACHE_SHARD_IDS),
         teacher=TEACHER_MODEL,
     output:
         KDCACHE_INDEX,
     wildcard_constraints:
-        targets="reference|distilled",
+        kdir=KDCACHE_DIR_PATTERN,
     params:
-        data=lambda wildcards: KDCACHE_DATA[wildcards.targets],
-        cache=lambda wildcards: KDCACHE_DIR.format(targets=wildcards.targets),
+        data=lambda wildcards: KDCACHE_DATA[KDCACHE_TARGETS[wildcards.kdir]],
+        cache=lambda wildcards: KDCACHE_DIR.format(kdir=wildcards.kdir),
     log:
-        "logs/kdcache/{targets}.index.log",
+        "logs/kdcache/{kdir}.index.log",
     localrule: True  # reads the shards' metadata and hashes the inputs: no cluster job
     shell:
         "{PY} -m pipeline.kdcache index --teacher {input.teacher} --data {params.data} --cache {params.cache}"

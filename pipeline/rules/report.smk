@@ -2,7 +2,9 @@
 # student of each variant chosen on dev and reported once on report.set (summary_best.csv), paired
 # bootstrap resampling of every model against the baseline student and the teacher (report.bootstrap),
 # mean ± sd over students.seeds, plots, and the Snakemake HTML report. Variant, alpha, temperature and
-# seed come from each evaluation's copy of the model's spec.json. Compute: resources.report.
+# seed come from each evaluation's copy of the model's spec.json. Everything under results/<experiment>/
+# (RESULTS); the statistics of the data and distillation stages are read beside their keyed outputs.
+# Compute: resources.report.
 
 PLOTS = ["bleu_vs_speed", "bleu_vs_alpha", "training_curves"]
 
@@ -13,25 +15,24 @@ rule report_summary:
         beam=[EVAL_BEAM.format(model=name, evalset=evalset) for name in [*MODELS, *ENSEMBLE_EVALUATED] for evalset in EVAL_SETS],
         refs=eval_references(),
         ct2_evals=eval_ct2_outputs(MODELS),
-        # training finished, so each model's progress records are complete
-        models=[MODEL.format(model=name) for name in MODELS],
+        # training finished, so each model's progress records are complete (the experiment's copies)
+        curves=[TRAIN_METRICS.format(model=name) for name in TRAINED],
         distill_stats=[DISTILL_STATS] if USES_DISTILLATION else [],  # the fallback share of distilled students
     output:
-        csv=report("results/summary.csv", category="Results", labels={"table": "every set (csv)"}),
-        best_csv=report("results/summary_best.csv", category="Results",
+        csv=report(SUMMARY_CSV, category="Results", labels={"table": "every set (csv)"}),
+        best_csv=report(RESULTS + "/summary_best.csv", category="Results",
                         labels={"table": f"best students: chosen on dev, on {SUMMARY_SET} (csv)"}),
-        md="results/summary.md",
+        md=RESULTS + "/summary.md",
         ct2_csv=(
-            [report("results/summary_ct2.csv", category="Results", labels={"table": "CTranslate2 (csv)"})]
+            [report(RESULTS + "/summary_ct2.csv", category="Results", labels={"table": "CTranslate2 (csv)"})]
             if EVAL_CT2
             else []
         ),
         plots=[
-            report(f"results/plots/{name}.png", category="Results", labels={"plot": name.replace("_", " ")})
+            report(f"{PLOTS_DIR}/{name}.png", category="Results", labels={"plot": name.replace("_", " ")})
             for name in PLOTS
         ],
     params:
-        curves=[TRAIN_METRICS.format(model=name) for name in MODELS if name not in IMPORTED],  # trained here
         bootstrap=flags(("--bootstrap-samples", REPORT_CFG["bootstrap"]["samples"]),
                         ("--bootstrap-seed", REPORT_CFG["bootstrap"]["seed"])),
         ct2=lambda wildcards, input, output: (
@@ -39,16 +40,16 @@ rule report_summary:
         ),
         distill=lambda wildcards, input: f" --distill-stats {input.distill_stats}" if input.distill_stats else "",
     log:
-        "logs/report/summary.log",
+        f"logs/report/{EXPERIMENT}.summary.log",
     benchmark:
-        "benchmarks/report/summary.tsv"
+        f"benchmarks/report/{EXPERIMENT}.summary.tsv"
     threads: res("report")["threads"]
     resources:
         mem_mb=res("report")["mem_mb"],
         runtime=res("report")["runtime"],
     shell:
-        "{PY} -m pipeline.report --evals {input.evals} --set {SUMMARY_SET} {params.bootstrap} --curves {params.curves}"
-        " --csv {output.csv} --best-csv {output.best_csv} --md {output.md} --plots results/plots{params.ct2}{params.distill}"
+        "{PY} -m pipeline.report --evals {input.evals} --set {SUMMARY_SET} {params.bootstrap} --curves {input.curves}"
+        " --csv {output.csv} --best-csv {output.best_csv} --md {output.md} --plots {PLOTS_DIR}{params.ct2}{params.distill}"
         " > {log} 2>&1"
 
 

@@ -7,3 +7,4 @@
 rule students:
     input:
         model_targets(STUDENTS),
+        kdcache_settings(STUDENTS),

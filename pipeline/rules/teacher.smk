@@ -1,10 +1,14 @@
 # Teacher stage (teacher.ensemble teachers differing in seed, or an existing teacher's checkpoints
 # linked by rule import_teacher; none for a CTranslate2 teacher), and the one training rule every
 # model goes through (the students stage, students.smk, asks it for the students): same resumable
-# mechanics, different inputs. Every training job writes TensorBoard logs to results/tb/<model>.
-# Beside each model.pt: spec.json (its settings, pipeline.models.model_record) and a copy of the
-# SentencePiece model, so `python -m pipeline.translate --model work/models/<name>/model.pt` needs
-# no other flag. Settings: config `train:`, `teacher:`, `students:`; compute: resources.train.
+# mechanics, different inputs. Each model has its keyed directory work/models/<name>-<key>
+# (pipeline.settings); every training job writes TensorBoard logs there (tb/) and links them from
+# results/<experiment>/tb/<name> when it starts. A model trained longer than before (train.max_update,
+# max_epoch, ...: pipeline.settings.CONTINUATION_KEYS) gets a new directory that starts from the shorter
+# run's checkpoints (pipeline.settings continue). Beside each model.pt: spec.json (its settings,
+# pipeline.models.model_record), settings.json (what its key hashes) and a copy of the SentencePiece
+# model, so `python -m pipeline.translate --model work/models/<dir>/model.pt` needs no other flag.
+# Settings: config `train:`, `teacher:`, `students:`; compute: resources.train.
 
 import json
 
@@ -15,31 +19,33 @@ TRAIN_TOPOLOGY = topology(res("train"))  # nodes x tasks > 1: fairseq under srun
 
 
 def train_inputs(wildcards):
-    spec = MODELS[wildcards.model]
+    spec = MODELS[MODEL_NAMES[wildcards.mdir]]
     data = train_data_dir(spec.name)
-    inputs = {"dicts": dict_files(data), "train": split_files(data, "train", exts=("bin",))}
+    # settings.json first: a new directory of a model trained longer continues the shorter run (pipeline.settings)
+    inputs = {"dicts": dict_files(data), "train": split_files(data, "train", exts=("bin",)),
+              "settings": model_path(MODEL_SETTINGS, spec.name)}
     if spec.uses_teacher:
         inputs["teacher"] = TEACHER_MODELS  # every member of an ensemble
     if kdcache_dir(spec.name):
-        inputs["kdcache"] = KDCACHE_INDEX.format(targets=spec.targets)
+        inputs["kdcache"] = kdcache_dir(spec.name) + "/cache.json"
     return inputs
 
 
 def train_command(wildcards):
-    spec = MODELS[wildcards.model]
+    spec = MODELS[MODEL_NAMES[wildcards.mdir]]
     t = spec.train
     wrapper = [
         f"--data {train_data_dir(spec.name)}",
-        f"--save-dir {MODEL_DIR.format(model=spec.name)}/checkpoints",
-        f"--output {MODEL.format(model=spec.name)}",
-        f"--metrics {TRAIN_METRICS.format(model=spec.name)}",
+        f"--save-dir {model_path(MODEL_DIR, spec.name)}/checkpoints",
+        f"--output {model_path(MODEL, spec.name)}",
+        f"--metrics {model_path(MODEL_METRICS, spec.name)}",
         f"--preset {spec.preset}",
         f"--best-metric {t['best_metric']} --average-last {t['average_last']}",
         "--fp16" if t["fp16"] else "",
         *train_args(TRAIN_TOPOLOGY),  # nothing for one task
     ]
     fairseq = fairseq_train_args(spec, TEACHER_PATHS, STUDENTS_CFG["kd_topk"], kdcache_dir(spec.name))
-    fairseq += ["--tensorboard-logdir", TB_DIR.format(model=spec.name)]  # live curves (needs the tensorboard package)
+    fairseq += ["--tensorboard-logdir", model_path(MODEL_TB, spec.name)]  # live curves (needs the tensorboard package)
     return " ".join(wrapper) + " -- " + " ".join(shlex.quote(a) for a in fairseq)
 
 
@@ -51,15 +57,15 @@ rule train_model:
         # Snakemake, so a killed job, rerun, resumes from checkpoint_last.pt.
         MODEL,
     wildcard_constraints:
-        model=TRAINED_PATTERN,
+        mdir=TRAINED_DIR_PATTERN,
     params:
         command=train_command,
         # A changed training setting retrains this model (and what depends on it).
-        settings=lambda wildcards: repr(MODELS[wildcards.model]),
+        settings=lambda wildcards: repr(MODELS[MODEL_NAMES[wildcards.mdir]]),
     log:
-        "logs/train/{model}.log",
+        "logs/train/{mdir}.log",
     benchmark:
-        "benchmarks/train/{model}.tsv"
+        "benchmarks/train/{mdir}.tsv"
     threads: res("train")["threads"]
     resources:
         **rule_resources(TRAIN_TOPOLOGY, lambda: getattr(workflow.executor_plugin, "name", None)),
@@ -68,6 +74,11 @@ rule train_model:
     retries: 1
     shell:
         "export OMP_NUM_THREADS={threads}; "
+        # the experiment's link to the logs (results/<experiment>/tb/<name>; <name>: the directory's name less
+        # its key), made before training so that the curves show while it trains. Not a parameter: another
+        # experiment that shares the model must not retrain it.
+        "mdir={wildcards.mdir}; mkdir -p {RESULTS}/tb && ln -sfn ../../../work/models/$mdir/tb {RESULTS}/tb/${{mdir%-*}}; "
+        "{PY} -m pipeline.settings continue work/models/{wildcards.mdir} >> {log} 2>&1; "
         "{PY} -m pipeline.devices --gpus {resources.gpu} -- "
         "{PY} -m pipeline.train {params.command} >> {log} 2>&1"
 
@@ -82,13 +93,13 @@ rule model_files:
         spec=MODEL_SPEC,
         spm=MODEL_SPM,
     wildcard_constraints:
-        model=RECORD_PATTERN,
+        mdir=RECORD_DIR_PATTERN,
     params:
-        record=lambda wildcards: json.dumps(MODEL_RECORDS[wildcards.model], indent=1),
+        record=lambda wildcards: json.dumps(MODEL_RECORDS[MODEL_NAMES[wildcards.mdir]], indent=1),
     log:
-        "logs/train/{model}.files.log",
+        "logs/train/{mdir}.files.log",
     benchmark:
-        "benchmarks/train/{model}.files.tsv"
+        "benchmarks/train/{mdir}.files.tsv"
     localrule: True  # a copy and a small file: no cluster job
     shell:
         "cp {input.spm} {output.spm} && printf '%s\\n' {params.record:q} > {output.spec} 2> {log}"
@@ -97,16 +108,16 @@ rule model_files:
 if IMPORTED:
 
     # An existing teacher (teacher.checkpoints) is linked, not trained: the evaluation, the distillation
-    # and word-KD students read work/models/<member>/model.pt as they read a trained teacher's.
+    # and word-KD students read work/models/<member>-<key>/model.pt as they read a trained teacher's.
     rule import_teacher:
         input:
-            lambda wildcards: IMPORTED[wildcards.model],  # a newer checkpoint there relinks it (and reruns what follows)
+            lambda wildcards: IMPORTED[MODEL_NAMES[wildcards.mdir]],  # a newer checkpoint there relinks it (and reruns what follows)
         output:
             MODEL,
         wildcard_constraints:
-            model="|".join(re.escape(name) for name in IMPORTED),
+            mdir=dir_pattern(IMPORTED, MODEL_DIRS),
         log:
-            "logs/train/{model}.import.log",
+            "logs/train/{mdir}.import.log",
         localrule: True
         shell:
             "ln -sfn {input:q} {output} 2> {log}"
@@ -115,4 +126,4 @@ if IMPORTED:
 rule teacher:
     input:
         model_targets(TEACHERS),
-        [MODEL_SPEC.format(model=name) for name in ENSEMBLE_EVALUATED],
+        [model_path(path, name) for name in ENSEMBLE_EVALUATED for path in (MODEL_SPEC, MODEL_SETTINGS)],

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SNAKEMAKE, data_dir, distill_dir, model_dir, stages, write_config
+from conftest import REPO, SNAKEMAKE, data_dir, distill_dir, model_dir, results_dir, stages, write_config
 
 from pipeline.corpus import read_lines
 from pipeline.decoding import BatchSettings, SearchOptions, batching, compute, ct2_dir
@@ -328,7 +328,7 @@ def test_ct2_evaluation_and_export_through_the_snakefile(smoke_data, tiny_teache
     assert result["runtime"]["device"] == "cpu"
     assert (workdir / layout.ct2_dir("teacher") / "model.bin").is_file()
     assert (workdir / f"logs/ct2/convert.{layout.ct2['teacher'].dir}.log").is_file()
-    assert (workdir / "benchmarks/eval/teacher.test.ct2-int8.tsv").is_file()
+    assert (workdir / f"benchmarks/eval/{results_dir(workdir, config).name}/teacher.test.ct2-int8.tsv").is_file()
 
 
 def test_vocabulary_shortlist_through_the_snakefile(smoke_data, tiny_teacher, tmp_path):

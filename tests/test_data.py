@@ -172,8 +172,8 @@ def test_snakemake_data_on_multi30k_slice(smoke_data: Path):
     first = dictionary.string(data_utils.load_indexed_dataset(str(bin_dir / "train.de-en.en"), dictionary)[0])
     assert first.replace(" ", "").replace("\u2581", " ").strip() == kept[0]
     for rule in ("fetch_corpus", "clean_train", "spm_train", "binarize"):
-        assert (smoke_data / f"logs/data/{rule}.log").exists()
-        assert (smoke_data / f"benchmarks/data/{rule}.tsv").exists()
+        assert (smoke_data / f"logs/data/{data.name}/{rule}.log").exists()
+        assert (smoke_data / f"benchmarks/data/{data.name}/{rule}.tsv").exists()
 
 
 def test_overlong_dev_line_stops_the_data_stage_naming_file_and_line(tmp_path: Path):

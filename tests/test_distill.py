@@ -429,8 +429,8 @@ def test_distilled_corpus_has_every_pair_in_order_and_is_binarised(distilled):
             for ext in ("bin", "idx"):
                 name = f"{split}.de-en.{lang}.{ext}"
                 assert (bin_dir / name).read_bytes() == (data / "bin" / name).read_bytes()
-    assert (workdir / "logs/distill/decode_shard001-of-003.log").exists()
-    assert (workdir / "benchmarks/distill/decode_shard001-of-003.tsv").exists()
+    assert (workdir / f"logs/distill/{dist.name}/decode_shard001-of-003.log").exists()
+    assert (workdir / f"benchmarks/distill/{dist.name}/decode_shard001-of-003.tsv").exists()
     assert json.loads((data / "distill_index-700.json").read_text())["shards"] == 3  # distill.shard_size 700
     assert sorted(p.name for p in (dist / POSTPROCESSED).iterdir()) == [name.removesuffix(".jsonl") for name in SHARDS]
     settings = json.loads((dist / "settings.json").read_text())  # what the directory's key hashes
@@ -507,8 +507,8 @@ def test_kill_during_postprocessing_or_merge_then_rerun_gives_the_same_result(di
     expected = {rel: (dist / rel).read_bytes() for rel in MERGED}
     shards = _mtimes(dist / "shards")
     for rule, job_log, removed in (
-        ("distill_postprocess", "logs/distill/postprocess001-of-003.log", [POSTPROCESSED, *DOWNSTREAM]),
-        ("distill_merge", "logs/distill/merge.log", DOWNSTREAM),
+        ("distill_postprocess", f"logs/distill/{dist.name}/postprocess001-of-003.log", [POSTPROCESSED, *DOWNSTREAM]),
+        ("distill_merge", f"logs/distill/{dist.name}/merge.log", DOWNSTREAM),
     ):
         _remove(dist, removed)
         _remove(workdir, [job_log])

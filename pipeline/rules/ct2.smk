@@ -17,9 +17,9 @@ rule ct2_vmap:
         frequent=CT2_CFG["vmap"]["frequent"],
         per_source=CT2_CFG["vmap"]["per_source"],
     log:
-        "logs/ct2/vmap.log",
+        "logs/ct2/" + DATA_RUN + "/" + os.path.basename(VMAP) + ".log",
     benchmark:
-        "benchmarks/ct2/vmap.tsv"
+        "benchmarks/ct2/" + DATA_RUN + "/" + os.path.basename(VMAP) + ".tsv"
     threads: res("convert")["threads"]
     resources:
         mem_mb=res("convert")["mem_mb"],

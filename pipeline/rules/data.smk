@@ -25,9 +25,9 @@ rule fetch_corpus:
     params:
         args=fetch_args(),
     log:
-        "logs/data/fetch_corpus.log",
+        "logs/data/" + DATA_RUN + "/fetch_corpus.log",
     benchmark:
-        "benchmarks/data/fetch_corpus.tsv"
+        "benchmarks/data/" + DATA_RUN + "/fetch_corpus.tsv"
     threads: 1
     resources:
         mem_mb=res("data")["mem_mb"],
@@ -44,9 +44,9 @@ rule normalize:
     params:
         off="" if DATA_CFG["normalize_punctuation"] else "--off",
     log:
-        "logs/data/normalize.{split}.{lang}.log",
+        "logs/data/" + DATA_RUN + "/normalize.{split}.{lang}.log",
     benchmark:
-        "benchmarks/data/normalize.{split}.{lang}.tsv"
+        "benchmarks/data/" + DATA_RUN + "/normalize.{split}.{lang}.tsv"
     threads: res("data")["threads"]  # processes normalising chunks of lines (--workers)
     resources:
         mem_mb=res("data")["mem_mb"],
@@ -73,9 +73,9 @@ rule clean_train:
     params:
         args=clean_args(),
     log:
-        "logs/data/clean_train.log",
+        "logs/data/" + DATA_RUN + "/clean_train.log",
     benchmark:
-        "benchmarks/data/clean_train.tsv"
+        "benchmarks/data/" + DATA_RUN + "/clean_train.tsv"
     threads: 1
     resources:
         mem_mb=res("data")["mem_mb"],
@@ -103,7 +103,7 @@ if EXTERNAL:
         output:
             SPM_MODEL,
         log:
-            "logs/data/teacher_spm.log",
+            "logs/data/" + DATA_RUN + "/teacher_spm.log",
         localrule: True
         shell:
             "cp {input:q} {output} 2> {log}"
@@ -119,9 +119,9 @@ else:
         params:
             cfg=DATA_CFG["spm"],
         log:
-            "logs/data/spm_train.log",
+            "logs/data/" + DATA_RUN + "/spm_train.log",
         benchmark:
-            "benchmarks/data/spm_train.tsv"
+            "benchmarks/data/" + DATA_RUN + "/spm_train.tsv"
         threads: res("data")["threads"]
         resources:
             mem_mb=res("data")["mem_mb"],
@@ -145,9 +145,9 @@ rule spm_encode:
         # dev and test lines the models cannot take stop the data stage (file, line); never cut or dropped
         max_pieces=lambda wildcards: "" if wildcards.split == "train" else f"--max-pieces {EVAL_MAX_PIECES}",
     log:
-        "logs/data/spm_encode.{split}.{lang}.log",
+        "logs/data/" + DATA_RUN + "/spm_encode.{split}.{lang}.log",
     benchmark:
-        "benchmarks/data/spm_encode.{split}.{lang}.tsv"
+        "benchmarks/data/" + DATA_RUN + "/spm_encode.{split}.{lang}.tsv"
     threads: res("data")["threads"]  # processes encoding chunks of lines (--workers)
     resources:
         mem_mb=res("data")["mem_mb"],
@@ -165,9 +165,9 @@ rule binarize:
     params:
         srcdict=f" --srcdict {shlex.quote(str(EXTERNAL.dictionary))}" if EXTERNAL else "",
     log:
-        "logs/data/binarize.log",
+        "logs/data/" + DATA_RUN + "/binarize.log",
     benchmark:
-        "benchmarks/data/binarize.tsv"
+        "benchmarks/data/" + DATA_RUN + "/binarize.tsv"
     threads: res("binarize")["threads"]
     resources:
         mem_mb=res("binarize")["mem_mb"],

@@ -41,9 +41,9 @@ checkpoint distill_shard_index:
     params:
         shard_size=DISTILL_CFG["shard_size"],
     log:
-        "logs/distill/shard_index.log",
+        "logs/data/" + DATA_RUN + f"/distill_index-{DISTILL_CFG['shard_size']}.log",  # beside its output: the data's
     benchmark:
-        "benchmarks/distill/shard_index.tsv"
+        "benchmarks/data/" + DATA_RUN + f"/distill_index-{DISTILL_CFG['shard_size']}.tsv"
     threads: 1
     resources:
         mem_mb=res("distill_merge")["mem_mb"],
@@ -84,9 +84,9 @@ rule distill_decode_shard:
         args=DISTILL_FLAGS,
         model=decode_shard_model,
     log:
-        "logs/distill/decode_shard{shard}-of-{nshards}.log",
+        "logs/distill/" + DISTILL_RUN + "/decode_shard{shard}-of-{nshards}.log",
     benchmark:
-        "benchmarks/distill/decode_shard{shard}-of-{nshards}.tsv"
+        "benchmarks/distill/" + DISTILL_RUN + "/decode_shard{shard}-of-{nshards}.tsv"
     threads: res("distill")["threads"]
     resources:
         mem_mb=res("distill")["mem_mb"],
@@ -114,9 +114,9 @@ rule distill_postprocess:
     params:
         args=distill_postprocess_args(),
     log:
-        "logs/distill/postprocess{shard}-of-{nshards}.log",
+        "logs/distill/" + DISTILL_RUN + "/postprocess{shard}-of-{nshards}.log",
     benchmark:
-        "benchmarks/distill/postprocess{shard}-of-{nshards}.tsv"
+        "benchmarks/distill/" + DISTILL_RUN + "/postprocess{shard}-of-{nshards}.tsv"
     threads: res("distill_post")["threads"]
     resources:
         mem_mb=res("distill_post")["mem_mb"],
@@ -143,9 +143,9 @@ rule distill_merge:
         fallback=f"--max-fallback-share {DISTILL_CFG['max_fallback_share']}"
         f" --fail-fallback-share {DISTILL_CFG['fail_fallback_share']}",
     log:
-        "logs/distill/merge.log",
+        "logs/distill/" + DISTILL_RUN + "/merge.log",
     benchmark:
-        "benchmarks/distill/merge.tsv"
+        "benchmarks/distill/" + DISTILL_RUN + "/merge.tsv"
     threads: res("distill_merge")["threads"]
     resources:
         mem_mb=res("distill_merge")["mem_mb"],
@@ -165,9 +165,9 @@ rule distill_binarize:
     output:
         bin_files(DISTILL_BIN),
     log:
-        "logs/distill/binarize.log",
+        "logs/distill/" + DISTILL_RUN + "/binarize.log",
     benchmark:
-        "benchmarks/distill/binarize.tsv"
+        "benchmarks/distill/" + DISTILL_RUN + "/binarize.tsv"
     threads: res("binarize")["threads"]
     resources:
         mem_mb=res("binarize")["mem_mb"],

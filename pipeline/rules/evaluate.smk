@@ -56,9 +56,9 @@ rule evaluate_model:
         decoding=EVAL_FLAGS,
         model=lambda wildcards: ":".join(evaluated_checkpoints(wildcards.model)),  # fairseq's ensemble syntax
     log:
-        "logs/eval/{model}.{evalset}.log",
+        "logs/eval/" + EXPERIMENT + "/{model}.{evalset}.log",
     benchmark:
-        "benchmarks/eval/{model}.{evalset}.tsv"
+        "benchmarks/eval/" + EXPERIMENT + "/{model}.{evalset}.tsv"
     threads: res("evaluate")["threads"]
     resources:
         mem_mb=res("evaluate")["mem_mb"],
@@ -99,9 +99,9 @@ rule evaluate_model_ct2:
         decoding=EVAL_CT2_FLAGS,
         ct2_dir=lambda wildcards: ct2_path(CT2_DIR, wildcards.model),
     log:
-        "logs/eval/{model}.{evalset}.ct2-{compute_type}.log",
+        "logs/eval/" + EXPERIMENT + "/{model}.{evalset}.ct2-{compute_type}.log",
     benchmark:
-        "benchmarks/eval/{model}.{evalset}.ct2-{compute_type}.tsv"
+        "benchmarks/eval/" + EXPERIMENT + "/{model}.{evalset}.ct2-{compute_type}.tsv"
     threads: res("evaluate")["threads"]
     resources:
         mem_mb=res("evaluate")["mem_mb"],

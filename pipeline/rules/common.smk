@@ -86,8 +86,8 @@ DISTILL_STATS = DISTILL_DIR + "/stats.json"
 DISTILL_SETTINGS = DISTILL_DIR + "/settings.json"
 # Logs and benchmark files of keyed stages sit under the stage's directory name (evaluations: the
 # experiment's), so that a run with other settings never overwrites them.
-DATA_RUN = DATA_DIR.rsplit("/", 1)[1]
-DISTILL_RUN = DISTILL_DIR.rsplit("/", 1)[1]
+DATA_RUN = LAYOUT.data.dir
+DISTILL_RUN = LAYOUT.distill.dir
 
 # Models: work/models/<name>-<key> ({mdir}: the directory's name; MODEL_NAMES maps it back to the roster's
 # name, which the evaluations and the report use). model_path(MODEL, name) is one model's file.

@@ -10,6 +10,7 @@ import os
 import pickle
 import re
 import shutil
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -51,7 +52,12 @@ def load(path: str | os.PathLike) -> dict:
     # legacy-format probe (EOFError, OSError, ValueError) and the unpickler.
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
         raise DamagedCheckpointError(f"{path}: damaged or truncated checkpoint ({_reason(exc)})") from exc
-    except Exception as exc:  # e.g. a class the pickle names that cannot be imported here
+    except Exception as exc:
+        # torch.save has written zip archives since torch 1.6: a file that is not one was overwritten or
+        # cut short, and the unpickler's error on its bytes (OverflowError, MemoryError...) means nothing.
+        if not zipfile.is_zipfile(path):
+            raise DamagedCheckpointError(f"{path}: damaged or truncated checkpoint ({_reason(exc)})") from exc
+        # A whole archive that still fails: e.g. a class the pickle names that cannot be imported here.
         raise ModelError(f"{path}: cannot load the checkpoint ({type(exc).__name__}: {_reason(exc)})") from exc
 
 

@@ -18,7 +18,9 @@ parameter trigger instead of starting a new directory.
 The keyed directories (pipeline/rules/common.smk derives every work/ path from them):
     work/data/<src>-<tgt>-<key>/           data stage (settings: src, tgt, data.*; an external teacher's files)
     work/models/<name>-<key>/              one per model: teachers, students, the ensemble's evaluation entry
-    work/distill/<selection>_beam<N>-<key>/  the distilled corpus (settings: data key, teacher key, distill.*)
+    work/distill/<selection>_beam<N>-<key>/  the distilled corpus (settings: data key, teacher key, distill.*);
+                                           bin/ binarised, bin+ref/ with the original pairs after it
+                                           (distill.add_references: the students' and cache's settings say so)
     work/kdcache/<targets>-<key>/          a teacher cache (teacher model key, its data's key, kd_topk, shards)
     work/ct2/<name>-<key>/                 a model converted to CTranslate2 (model key, shortlist settings)
 results/<experiment>/ holds an experiment's evaluations, training records, TensorBoard links and report.
@@ -42,6 +44,8 @@ METRICS = "train.jsonl"  # a model directory's progress records (pipeline.train 
 KEY_LENGTH = 8  # hex digits of the SHA-256
 # distill.* that do not change the distilled corpus (how it is cut into jobs, batched, or checked)
 DISTILL_RUNTIME_KEYS = ("shard_size", "max_tokens", "batch_size", "max_fallback_share", "fail_fallback_share")
+# distill.* that change only what is binarised from the distilled corpus: the settings of what trains on it
+DISTILL_TRAINING_KEYS = ("add_references",)
 TARGETS = ("reference", "distilled")  # a word-KD student's training data, and so a teacher cache's
 
 
@@ -172,12 +176,19 @@ def uses_kdcache(config: dict, spec: ModelSpec) -> bool:
 
 
 def distill_settings(config: dict, data: Stage, teacher: Stage) -> dict:
-    distill = {key: value for key, value in config["distill"].items() if key not in DISTILL_RUNTIME_KEYS}
+    distill = {key: value for key, value in config["distill"].items()
+               if key not in DISTILL_RUNTIME_KEYS + DISTILL_TRAINING_KEYS}
     settings = {"data": data.key, "teacher": teacher.key, "distill": distill}
     if distill["backend"] == "ctranslate2":
         ct2 = config["ct2"]
         settings["ct2"] = {"compute_type": ct2["compute_type"], "vmap": ct2["vmap"] if ct2["vmap"]["enabled"] else None}
     return settings
+
+
+def distilled_training_settings(config: dict) -> dict:
+    """What a model or cache on the distilled corpus adds to its settings: empty by default, so that a setting
+    added here later keeps the keys of earlier runs."""
+    return {"add_references": True} if config["distill"]["add_references"] else {}
 
 
 def student_settings(config: dict, spec: ModelSpec, train_data: Stage, teacher: Stage,
@@ -186,6 +197,8 @@ def student_settings(config: dict, spec: ModelSpec, train_data: Stage, teacher: 
         "model": spec.name, "data": train_data.key, "preset": spec.preset, "variant": spec.variant,
         "criterion": spec.criterion, "alpha": spec.alpha, "temperature": spec.temperature, "train": spec.train,
     }
+    if spec.targets == "distilled":
+        settings.update(distilled_training_settings(config))
     if spec.uses_teacher:
         settings.update(teacher=teacher.key, kd_topk=config["students"]["kd_topk"],
                         kdcache=kdcache.key if kdcache else None)
@@ -204,6 +217,7 @@ class Layout:
     kdcache: dict[str, Stage]  # by training targets (reference, distilled)
     models: dict[str, Stage]  # every model of the roster, and the ensemble's evaluation entry
     ct2: dict[str, Stage]  # by model name
+    add_references: bool = False  # distill.add_references: what trains on the distillation reads bin+ref/
 
     @property
     def data_dir(self) -> str:
@@ -212,6 +226,11 @@ class Layout:
     @property
     def distill_dir(self) -> str:
         return f"{WORK}/distill/{self.distill.dir}"
+
+    @property
+    def distill_bin(self) -> str:
+        """The binarised training set of students on distilled targets (beside the real dev and test sets)."""
+        return f"{self.distill_dir}/bin+ref" if self.add_references else f"{self.distill_dir}/bin"
 
     @property
     def results_dir(self) -> str:
@@ -253,11 +272,14 @@ def stage_layout(config: dict, root: str | Path = ".") -> Layout:
     distill_cfg = config["distill"]
     distill = Stage(f"{distill_cfg['selection']}_beam{distill_cfg['beam']}", distill_settings(config, data, teacher))
     kd_teacher = models[teachers[0].name].key if teachers else None  # a cache is one teacher's
-    kdcache = {targets: Stage(targets, {"teacher": kd_teacher, "targets": targets,
-                                        "data": (distill if targets == "distilled" else data).key,
-                                        "kd_topk": config["students"]["kd_topk"],
-                                        "shards": config["students"]["kd_cache_shards"]})
-               for targets in TARGETS}
+    mixed = distill_cfg["add_references"]
+    kdcache = {}
+    for targets in TARGETS:
+        settings = {"teacher": kd_teacher, "targets": targets, "data": (distill if targets == "distilled" else data).key,
+                    "kd_topk": config["students"]["kd_topk"], "shards": config["students"]["kd_cache_shards"]}
+        if targets == "distilled":
+            settings.update(distilled_training_settings(config))
+        kdcache[targets] = Stage(targets + ("+ref" if targets == "distilled" and mixed else ""), settings)
     for spec in specs.values():
         if spec.variant == "teacher":
             continue
@@ -267,7 +289,7 @@ def stage_layout(config: dict, root: str | Path = ".") -> Layout:
     vmap = config["ct2"]["vmap"]
     ct2 = {name: Stage(name, {"model": models[name].key, "vmap": vmap if vmap["enabled"] else None})
            for name in specs}
-    return Layout(config["experiment"], specs, data, teacher, distill, kdcache, models, ct2)
+    return Layout(config["experiment"], specs, data, teacher, distill, kdcache, models, ct2, add_references=mixed)
 
 
 if __name__ == "__main__":

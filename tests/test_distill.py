@@ -438,6 +438,50 @@ def test_distilled_corpus_has_every_pair_in_order_and_is_binarised(distilled):
 
 
 @pytest.mark.slow
+def test_add_references_binarises_the_mix_without_redecoding(distilled):
+    """distill.add_references: the same distillation directory, a second binarised set (bin+ref/): the
+    distilled pairs in order, then the original training pairs, each exactly as binarised alone."""
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    from pipeline.distill.binarize import dataset_size
+
+    workdir, config = distilled
+    dist, data = distill_dir(workdir, config), data_dir(workdir, config)
+    mix_config = workdir / "mix_config.yaml"
+    mix_config.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(config.read_text()),
+                                                    {"distill": {"add_references": True}})))
+    assert distill_dir(workdir, mix_config) == dist
+    plain_bin = {p.name: p.stat().st_mtime_ns for p in (dist / "bin").iterdir()}
+    dry = _snakemake_distill(workdir, "-n", config=mix_config)
+    assert _job_counts(dry) == {"distill_binarize": 1, "distill": 1}, dry[-3000:]
+    _snakemake_distill(workdir, config=mix_config)
+    assert {p.name: p.stat().st_mtime_ns for p in (dist / "bin").iterdir()} == plain_bin  # untouched
+    assert (workdir / f"logs/distill/{dist.name}/binarize+ref.log").exists()
+    for lang in ("de", "en"):
+        mixed, distilled_set, original = (MMapIndexedDataset(str(d / f"train.de-en.{lang}"))
+                                          for d in (dist / "bin+ref", dist / "bin", data / "bin"))
+        n, m = len(distilled_set), len(original)
+        assert len(mixed) == n + m and dataset_size(dist / f"bin+ref/train.de-en.{lang}") == n + m
+        assert all(mixed[i].tolist() == distilled_set[i].tolist() for i in range(n))
+        assert all(mixed[n + j].tolist() == original[j].tolist() for j in range(m))
+        for split in ("valid", "test"):
+            name = f"{split}.de-en.{lang}.bin"
+            assert (dist / "bin+ref" / name).read_bytes() == (data / "bin" / name).read_bytes()
+    assert not list(dist.glob("*.tmp"))
+
+
+def test_concatenation_refuses_a_file_whose_last_line_has_no_newline(tmp_path):
+    from pipeline.distill.binarize import concatenate
+
+    for name, text in (("a.de", "x\n"), ("a.en", "y\n"), ("b.de", "u\n"), ("b.en", "v")):
+        (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match=f"^{tmp_path / 'b.en'}: the last line has no newline$"):
+        concatenate([tmp_path / "a", tmp_path / "b"], "de", "en", tmp_path / "out")
+    concatenate([tmp_path / "a", tmp_path / "a"], "de", "en", tmp_path / "out")
+    assert (tmp_path / "out.de").read_text() == "x\nx\n" and (tmp_path / "out.en").read_text() == "y\ny\n"
+
+
+@pytest.mark.slow
 def test_deleted_shard_dry_run_lists_only_it_and_its_downstream_jobs(distilled):
     """A shard without output, as after a kill during decoding (nothing downstream exists yet: with the
     distilled corpus present and newer, Snakemake would not remake a deleted intermediate shard)."""

@@ -64,6 +64,19 @@ def test_distill_beam_changes_the_distillation_and_what_trains_on_it_only():
     assert changed == {"student_seq_kd", "student_seq_word_kd_a0.5_t1"}
 
 
+def test_add_references_shares_the_distillation_and_keys_what_trains_on_the_mix():
+    first, mixed = layout(), layout({"distill": {"add_references": True}})
+    assert "add_references" not in first.distill.settings["distill"]  # off: the keys of earlier runs
+    assert all("add_references" not in stage.settings for stage in (*first.models.values(), *first.kdcache.values()))
+    assert (mixed.data, mixed.teacher, mixed.distill) == (first.data, first.teacher, first.distill)  # no redecoding
+    assert first.distill_bin == first.distill_dir + "/bin" and mixed.distill_bin == first.distill_dir + "/bin+ref"
+    assert mixed.kdcache["reference"] == first.kdcache["reference"]
+    assert mixed.kdcache_dir("distilled").startswith("work/kdcache/distilled+ref-")
+    assert mixed.kdcache["distilled"].key != first.kdcache["distilled"].key
+    changed = {name for name in first.models if mixed.models[name].key != first.models[name].key}
+    assert changed == {"student_seq_kd", "student_seq_word_kd_a0.5_t1"}
+
+
 def test_a_data_setting_changes_every_key():
     first, other = layout(), layout({"data": {"spm": {"vocab_size": 800}}})
     assert other.data.key != first.data.key and other.teacher.key != first.teacher.key

@@ -81,7 +81,7 @@ DISTILL_TEXT_PREFIX = DISTILL_DIR + "/train"
 DISTILL_TEXT = DISTILL_TEXT_PREFIX + ".{lang}"  # the distilled corpus, spm-encoded
 DISTILL_IDS = DISTILL_TEXT_PREFIX + ".ids"
 DISTILL_PLAIN = DISTILL_TEXT_PREFIX + ".{lang}.txt"  # the distilled corpus as text
-DISTILL_BIN = DISTILL_DIR + "/bin"  # the distilled training set beside the real dev and test sets
+DISTILL_BIN = LAYOUT.distill_bin  # the distilled training set beside the real dev and test sets (bin+ref/: mixed)
 DISTILL_STATS = DISTILL_DIR + "/stats.json"
 DISTILL_SETTINGS = DISTILL_DIR + "/settings.json"
 # Logs and benchmark files of keyed stages sit under the stage's directory name (evaluations: the

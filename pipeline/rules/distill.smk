@@ -162,12 +162,15 @@ rule distill_binarize:
     input:
         train=expand(DISTILL_TEXT, lang=LANGS),
         teacher_bin=bin_files(BIN_DIR),
+        references=expand(SPM_TEXT, split="train", lang=LANGS) if DISTILL_CFG["add_references"] else [],
     output:
         bin_files(DISTILL_BIN),
+    params:
+        add_references=f"--add-references {SPM_TEXT_PREFIX}train" if DISTILL_CFG["add_references"] else "",
     log:
-        "logs/distill/" + DISTILL_RUN + "/binarize.log",
+        "logs/distill/" + DISTILL_RUN + "/" + ("binarize+ref" if DISTILL_CFG["add_references"] else "binarize") + ".log",
     benchmark:
-        "benchmarks/distill/" + DISTILL_RUN + "/binarize.tsv"
+        "benchmarks/distill/" + DISTILL_RUN + "/" + ("binarize+ref" if DISTILL_CFG["add_references"] else "binarize") + ".tsv"
     threads: res("binarize")["threads"]
     resources:
         mem_mb=res("binarize")["mem_mb"],
@@ -175,7 +178,7 @@ rule distill_binarize:
         gpu=res("binarize")["gpus"],
     shell:
         "{PY} -m pipeline.distill.binarize --trainpref {DISTILL_TEXT_PREFIX} --src {SRC} --tgt {TGT}"
-        " --teacher-bin {BIN_DIR} --destdir {DISTILL_BIN} --workers {threads} > {log} 2>&1"
+        " --teacher-bin {BIN_DIR} --destdir {DISTILL_BIN} --workers {threads} {params.add_references} > {log} 2>&1"
 
 
 rule distill:

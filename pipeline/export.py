@@ -1,7 +1,7 @@
 """Export a model for deployment: a self-contained CTranslate2 directory (int8) with its BLEU and speed.
 
     python -m pipeline.export --model work/models/student_seq_kd-<key>/model.pt --name student_seq_kd \
-        --out export/student_seq_kd --data work/data/<dir>/bin --spm work/data/<dir>/spm/spm.model \
+        --out export/default/student_seq_kd --data work/data/<dir>/bin --spm work/data/<dir>/spm/spm.model \
         --src-pieces work/data/<dir>/spm/test.de --ref work/data/<dir>/raw/test.en --set test \
         [--quantization int8] [--compute-types auto float32] [--fairseq-eval results/<experiment>/eval/student_seq_kd/test.json]
         [--spec work/models/student_seq_kd-<key>/spec.json]
@@ -13,7 +13,7 @@ compute type asked for (beside fairseq's figures for the same checkpoint when --
 given), and with --spec the model's settings (its spec.json, also in pipeline.json under "spec").
 It translates raw text without fairseq or torch:
 
-    python -m pipeline.translate --model export/student_seq_kd < input.de > output.en
+    python -m pipeline.translate --model export/default/student_seq_kd < input.de > output.en
 """
 
 from __future__ import annotations

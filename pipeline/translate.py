@@ -13,7 +13,7 @@ Backends: a fairseq checkpoint (a .pt file, or a directory with model.pt), or a 
 directory (model.bin: `python -m pipeline.ct2 convert`, or an exported student, `snakemake export`),
 which runs without importing torch or fairseq and brings its own SentencePiece model and languages:
 
-    python -m pipeline.translate --model export/student_seq_kd < input.de > output.en
+    python -m pipeline.translate --model export/default/student_seq_kd < input.de > output.en
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[1:]))
     parser.add_argument("--model", required=True, help="fairseq checkpoint (e.g. work/models/teacher-<key>/model.pt) "
-                        "or CTranslate2 model directory (e.g. export/teacher)")
+                        "or CTranslate2 model directory (e.g. export/default/teacher)")
     parser.add_argument("--spm", help="SentencePiece model (default: spm.model beside the model, else the data stage's)")
     parser.add_argument("--data", help="directory with the dictionaries (default: the checkpoint's, work/data/<dir>/bin)")
     parser.add_argument("--src", help="source language (default: the model's)")

@@ -312,7 +312,7 @@ def test_ct2_evaluation_and_export_through_the_snakefile(smoke_data, tiny_teache
     dry = run_snakefile(snakefile, workdir, "-n", "export", "evaluate", config=config).stdout
     for rule in ("ct2_convert", "evaluate_model_ct2", "export_model", "evaluate_model"):
         assert rule in dry, rule
-    assert "results/default/eval/teacher/test.ct2-int8.json" in dry and "export/teacher" in dry
+    assert "results/default/eval/teacher/test.ct2-int8.json" in dry and "export/default/teacher" in dry
     target = "results/default/eval/teacher/test.ct2-int8.json"
     run_snakefile(snakefile, workdir, target, "--allowed-rules", "model_files", "ct2_convert", "evaluate_model_ct2",
                   config=config)

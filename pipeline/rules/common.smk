@@ -267,6 +267,8 @@ EVAL_SET_PATTERN = "|".join(re.escape(name) for name in EVAL_SETS)
 EVAL_CT2 = "ctranslate2" in EVAL_CFG["backends"]  # fairseq is always evaluated: the report's figures
 EVAL_CT2_TYPES = CT2_CFG["evaluate_compute_types"]
 SUMMARY_SET = REPORT_CFG["set"]
+# per experiment: two experiments may name different models alike (a student of other settings)
+EXPORT_DIR = "export/" + EXPERIMENT + "/{model}"
 EXPORT_MODELS = CT2_CFG["export"]["models"] if CT2_CFG["export"]["models"] is not None else STUDENTS
 
 

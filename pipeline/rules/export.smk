@@ -1,5 +1,5 @@
 # `snakemake export`: per chosen model (ct2.export.models; default every student) a self-contained
-# CTranslate2 directory export/{model} (weights as ct2.export.quantization, its SentencePiece model,
+# CTranslate2 directory export/<experiment>/{model} (weights as ct2.export.quantization, its SentencePiece model,
 # and a README with its BLEU and speed on the test set, beside the checkpoint's own fairseq figures
 # when the test set is evaluated). Settings: config `ct2.export`, decoding: EXPORT_FLAGS of
 # common.smk; compute: resources.export (gpus 0 by default: the README's speeds are the CPU's, where a
@@ -26,7 +26,7 @@ rule export_model:
     input:
         unpack(export_inputs),
     output:
-        directory("export/{model}"),
+        directory(EXPORT_DIR),
     wildcard_constraints:
         model=MODEL_PATTERN,
     params:
@@ -36,9 +36,9 @@ rule export_model:
         compute_types=" ".join(CT2_CFG["export"]["compute_types"]),
         normalize=" " + NORMALIZE_FLAG if NORMALIZE_FLAG else "",
     log:
-        "logs/export/{model}.log",
+        "logs/export/" + EXPERIMENT + "/{model}.log",
     benchmark:
-        "benchmarks/export/{model}.tsv"
+        "benchmarks/export/" + EXPERIMENT + "/{model}.tsv"
     threads: res("export")["threads"]
     resources:
         mem_mb=res("export")["mem_mb"],
@@ -55,4 +55,4 @@ rule export_model:
 
 rule export:
     input:
-        [f"export/{name}" for name in EXPORT_MODELS],
+        [EXPORT_DIR.format(model=name) for name in EXPORT_MODELS],

@@ -170,9 +170,10 @@ def teacher_member_settings(spec: ModelSpec, data: Stage, checkpoint: str | None
 
 
 def uses_kdcache(config: dict, spec: ModelSpec) -> bool:
-    """A word-KD student reads the teacher cache when students.kd_cache is on and there is one teacher
-    (an ensemble's KL runs online)."""
-    return bool(config["students"]["kd_cache"]) and teacher_count(config) == 1 and spec.uses_teacher
+    """A word-KD student reads the teacher cache when students.kd_cache is on; with an ensemble only at T = 1
+    (the cache holds the members' average at T = 1; at another T the KL runs online)."""
+    return (bool(config["students"]["kd_cache"]) and spec.uses_teacher
+            and (teacher_count(config) == 1 or spec.temperature == 1.0))
 
 
 def distill_settings(config: dict, data: Stage, teacher: Stage) -> dict:
@@ -271,7 +272,8 @@ def stage_layout(config: dict, root: str | Path = ".") -> Layout:
         models[ENSEMBLE] = Stage(ENSEMBLE, {"teacher": teacher.key})
     distill_cfg = config["distill"]
     distill = Stage(f"{distill_cfg['selection']}_beam{distill_cfg['beam']}", distill_settings(config, data, teacher))
-    kd_teacher = models[teachers[0].name].key if teachers else None  # a cache is one teacher's
+    # a cache is the teacher's: one model's (its key, as before ensembles could be cached) or the ensemble's
+    kd_teacher = (teacher.key if len(teachers) > 1 else models[teachers[0].name].key) if teachers else None
     mixed = distill_cfg["add_references"]
     kdcache = {}
     for targets in TARGETS:

@@ -34,7 +34,9 @@ def kdcache_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def build_args(teacher, data, cache, topk=TOPK, shards=SHARDS) -> list[str]:
-    return ["--teacher", str(teacher), "--data", str(data), "--cache", str(cache), "--num-shards", str(shards),
+    """teacher: a checkpoint, or a list of them (an ensemble)."""
+    teachers = teacher if isinstance(teacher, list) else [teacher]
+    return ["--teacher", *map(str, teachers), "--data", str(data), "--cache", str(cache), "--num-shards", str(shards),
             "--topk", str(topk), "--max-tokens", "1500"]
 
 
@@ -180,6 +182,66 @@ def test_validation_reads_the_valid_split(cache_dir, setup, tiny_teacher):
         cached(student, sample)
 
 
+@pytest.fixture(scope="module")
+def second_member(tiny_teacher, tmp_path_factory) -> Path:
+    """Another teacher for an ensemble: the tiny teacher's weights moved by noise (other distributions)."""
+    state = torch.load(tiny_teacher, map_location="cpu", weights_only=False)
+    generator = torch.Generator().manual_seed(7)
+    for name, weight in state["model"].items():
+        if weight.is_floating_point():
+            state["model"][name] = weight + 0.2 * weight.std().nan_to_num(1.0) * torch.randn(
+                weight.shape, generator=generator)
+    path = tmp_path_factory.mktemp("member") / "member_2.pt"
+    torch.save(state, path)
+    return path
+
+
+def test_ensemble_cache_is_the_online_ensemble_at_t1(setup, tiny_teacher, second_member, bin_dir, tmp_path):
+    """An ensemble's cache: the top-K of the members' average probability, which the online ensemble's
+    top-K path uses at T = 1; its loss and gradient equal the online path's up to float16 storage."""
+    task, teacher, student = setup
+    (member,), _, _ = checkpoint_utils.load_model_ensemble_and_task([str(second_member)], task=task)
+    member.eval()
+    cache = tmp_path / "ensemble"
+    kdcache_cli("build", *build_args([tiny_teacher, second_member], bin_dir, cache, shards=1))
+    identity = json.loads((cache / "cache.json").read_text())["splits"]["train"]["identity"]["teacher"]
+    assert [m["path"] for m in identity["members"]] == [str(Path(p).resolve()) for p in (tiny_teacher, second_member)]
+
+    sample = batch(task, "train", seed=5)
+    keep = sample["target"].ne(task.target_dictionary.pad()).view(-1)
+    with torch.no_grad():
+        lp = [torch.log_softmax(m(**sample["net_input"])[0], -1).reshape(-1, len(task.target_dictionary))[keep]
+              for m in (teacher, member)]
+        average = torch.logsumexp(torch.stack(lp), 0) - np.log(2)
+    assert not torch.allclose(lp[0], lp[1], atol=1e-2)  # two different teachers
+    ids, stored, _ = store.TeacherCache(cache).lookup("train", sample["id"].numpy(), TOPK)
+    top = average.topk(TOPK, -1)
+    assert torch.equal(torch.from_numpy(ids).long(), top.indices)
+    torch.testing.assert_close(torch.from_numpy(stored).float(), top.values, rtol=2**-11, atol=2**-24)
+
+    members = f"{tiny_teacher}:{second_member}"
+    kwargs = {"kd_alpha": 0.3, "kd_temperature": 1.0, "kd_topk": TOPK}
+    cached = criterion(task, members, kd_teacher_cache=str(cache), **kwargs)
+    online = criterion(task, members, **kwargs)
+    assert cached.teachers == [] and len(online.teachers) == 2
+    student = copy.deepcopy(student)
+    c_loss, c_log, c_grad = loss_and_grads(cached, student, sample)
+    o_loss, o_log, o_grad = loss_and_grads(online, student, sample)
+    # float16 storage only (the bound of test_cached_loss_and_gradient_equal_the_online_topk_path, T = 1)
+    with torch.no_grad():
+        d = top.values.abs().amax(-1) * 2**-11
+        logp = torch.log_softmax(top.values, -1)
+        s_logits = student(**sample["net_input"])[0].reshape(-1, len(task.target_dictionary))[keep]
+        logq = torch.log_softmax(s_logits, -1).gather(1, top.indices)
+        bound = ((2 * d) * (logp.exp() * (logp - logq).abs()).sum(-1)).sum()
+    assert (c_log["kl_loss"] - o_log["kl_loss"]).abs() <= 2 * bound + 1e-5, (c_log["kl_loss"], o_log["kl_loss"], bound)
+    assert (c_loss - o_loss).abs() <= 0.7 * 2 * bound + 1e-5
+    assert (c_grad - o_grad).norm() / o_grad.norm() <= 2 * float(d.max())
+    # the single teacher's cache is no ensemble's
+    with pytest.raises(store.StaleCacheError, match="teacher checkpoint"):
+        criterion(task, str(tiny_teacher), kd_teacher_cache=str(cache), **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------
 # The guard: a stale or foreign cache is refused, naming what differs
 
@@ -190,8 +252,11 @@ def test_unsuitable_options_are_refused(cache_dir, setup, tiny_teacher):
         criterion(task, tiny_teacher, kd_topk=0, kd_teacher_cache=str(cache_dir))
     with pytest.raises(ValueError, match=f"--kd-topk {TOPK + 1} exceeds the top-{TOPK} stored"):
         criterion(task, tiny_teacher, kd_topk=TOPK + 1, kd_teacher_cache=str(cache_dir))
-    with pytest.raises(ValueError, match="ensembles run online"):
-        criterion(task, f"{tiny_teacher}:{tiny_teacher}", kd_teacher_cache=str(cache_dir))
+    with pytest.raises(ValueError, match="an ensemble's teacher cache holds its members' average at T = 1; "
+                                         "--kd-temperature 2 with 2 teachers runs online"):
+        criterion(task, f"{tiny_teacher}:{tiny_teacher}", kd_teacher_cache=str(cache_dir))  # (T = 2)
+    with pytest.raises(store.StaleCacheError, match=r"teacher checkpoint the ensemble .* is not the one the cache"):
+        criterion(task, f"{tiny_teacher}:{tiny_teacher}", kd_temperature=1.0, kd_teacher_cache=str(cache_dir))
     with pytest.raises(store.StaleCacheError, match="no cache.json"):
         criterion(task, tiny_teacher, kd_teacher_cache=str(cache_dir / "train"))
 

@@ -123,6 +123,16 @@ def test_ensemble_members_and_external_teachers(tmp_path: Path):
     assert pair.teacher.key != single.teacher.key and pair.distill.key != single.distill.key
     assert "teacher_ensemble" in pair.models and "teacher_ensemble" not in single.models
     assert pair.data == single.data
+    # teacher caches: one teacher's is keyed by its model, an ensemble's by the ensemble; students at T = 1 read
+    # the ensemble's, those at another T run the members online
+    assert single.kdcache["reference"].settings["teacher"] == single.models["teacher"].key
+    assert pair.kdcache["reference"].settings["teacher"] == pair.teacher.key
+    assert pair.student_kdcache("student_word_kd_a0.5_t1") == pair.kdcache["reference"]
+    assert pair.student_kdcache("student_seq_word_kd_a0.5_t1") == pair.kdcache["distilled"]
+    hot = layout({"teacher": {"ensemble": 2}, "students": {"temperature": [1.0, 2.0]}})
+    assert hot.student_kdcache("student_word_kd_a0.5_t1") == pair.kdcache["reference"]
+    assert hot.student_kdcache("student_word_kd_a0.5_t2") is None
+    assert layout({"students": {"temperature": [2.0]}}).student_kdcache("student_word_kd_a0.5_t2") is not None
     # an external teacher's files are the data stage's SentencePiece model and dictionary
     external = layout({"teacher": {"checkpoints": ["ckpt/model.pt"]}}, root=tmp_path)
     assert external.data.key != single.data.key

@@ -191,6 +191,10 @@ def test_ensemble_of_two_plans_two_teachers_an_ensemble_distillation_and_student
         ("1", "teacher"), ("2", "teacher_2")}
     assert dry.count(f"pipeline.distill.decode_shard --model {members} ") == jobs["distill_decode_shard"] == 3
     assert dry.count(f"--teacher-path {members} ") == 2  # word_kd and seq_word_kd
+    # (T = 1) both read the ensemble's teacher cache: every member runs in the cache jobs
+    assert jobs["kdcache_shard"] == 8 and jobs["kdcache_index"] == 2
+    assert dry.count(f"pipeline.kdcache shard --teacher {members.replace(':', ' ')} ") == 8
+    assert dry.count("--kd-teacher-cache") == 2
     assert f"pipeline.evaluate --model {members} --name teacher_ensemble" in dry
     assert jobs["evaluate_model"] == 7 and jobs["evaluate_model_ct2"] == 6  # no CTranslate2 ensemble
     refused(tmp_path / "ct2", {"teacher": {"ensemble": 2}, "distill": {"backend": "ctranslate2"}},

@@ -445,7 +445,7 @@ class WordKDCriterion(FairseqCriterion):
             logger.info(f"word_kd: {len(paths)} teacher(s) {paths} ({sizes} parameters, outside the criterion)")
 
     def _open_cache(self, task, cache_dir: str, paths: list[str]):
-        """The cache reader, after checking it fits: K, one teacher, the teacher, dictionaries and data."""
+        """The cache reader, after checking it fits: K, T for an ensemble, the teacher(s), dictionaries and data."""
         from pipeline.kdcache.store import TeacherCache
 
         if self.topk <= 0:
@@ -453,10 +453,14 @@ class WordKDCriterion(FairseqCriterion):
                 f"word_kd: --kd-teacher-cache {cache_dir} holds the teacher's top-K tokens: set --kd-topk K > 0 "
                 "(--kd-topk 0, the full vocabulary, runs the teacher online: drop --kd-teacher-cache)"
             )
-        if len(paths) != 1:
+        if not paths:
+            raise ValueError("word_kd: --kd-teacher-cache needs the --teacher-path it was made with")
+        if len(paths) > 1 and self.temperature != 1.0:
+            # online, an ensemble averages softmax(logits / T) over its members; the cache holds the log of
+            # the average at T = 1, from which no other T's average can be recovered
             raise ValueError(
-                f"word_kd: --kd-teacher-cache needs the one --teacher-path it was made with (got {len(paths)}: "
-                f"{':'.join(paths) or 'none'}); ensembles run online"
+                f"word_kd: an ensemble's teacher cache holds its members' average at T = 1; --kd-temperature "
+                f"{self.temperature:g} with {len(paths)} teachers runs online (drop --kd-teacher-cache)"
             )
         data = utils.split_paths(_task_cfg(task).data)
         if len(data) != 1:
@@ -471,10 +475,10 @@ class WordKDCriterion(FairseqCriterion):
                 f"word_kd: teacher cache {cache_dir} has a {cache.vocab}-entry vocabulary, the task's target "
                 f"dictionary {len(task.target_dictionary)}"
             )
-        cache.check(paths[0], data[0])  # StaleCacheError naming what differs
+        cache.check(paths, data[0])  # StaleCacheError naming what differs
         logger.info(
             f"word_kd: teacher distributions from the cache {cache_dir} (top-{self.topk} of its top-{cache.topk}; "
-            f"splits {', '.join(cache.splits)}); teacher {paths[0]} not loaded"
+            f"splits {', '.join(cache.splits)}); teacher(s) {':'.join(paths)} not loaded"
         )
         return cache
 

@@ -130,10 +130,10 @@ def random_batch(task, tokens: int, seed: int, data_dir: Path):
 def build_cache(teacher_path: Path, data_dir: Path, cache: Path, topk: int) -> None:
     """The teacher cache of the benchmark's train split (one shard), as `python -m pipeline.kdcache build` makes it."""
     from pipeline.kdcache import store
-    from pipeline.kdcache.build import build_shard, load_teacher_and_task, split_sizes
+    from pipeline.kdcache.build import build_shard, load_teachers_and_task, split_sizes
 
-    model, task, device = load_teacher_and_task(teacher_path, data_dir)
-    build_shard(model, task, device, teacher=teacher_path, data_dir=data_dir, cache=cache, split="train", shard=0,
+    models, task, device = load_teachers_and_task([teacher_path], data_dir)
+    build_shard(models, task, device, teachers=[teacher_path], data_dir=data_dir, cache=cache, split="train", shard=0,
                 shards=1, topk=topk, max_tokens=4000)
     store.write_index(cache, split_sizes(task, ["train"]), 1, teacher_path, data_dir)
 

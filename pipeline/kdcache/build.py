@@ -10,6 +10,8 @@ and made for the current teacher, dictionaries and data (else a clear error) and
 `build` does both in one process, keeping the shards already finished for the same inputs (a killed
 run redoes only the others). The teacher runs in eval mode (no dropout), in float32, with teacher
 forcing on the split's fairseq dataset, so sample ids are the ones fairseq-train batches carry.
+Several --teacher checkpoints form an ensemble: the cache holds the top-K of the members' average
+probability (at T = 1, as the word_kd criterion's online ensemble computes it).
 Layout and format: pipeline.kdcache.store.
 """
 
@@ -31,15 +33,18 @@ log = logging.getLogger("pipeline.kdcache")
 DEFAULT_SPLITS = "train,valid"  # the criterion reads train batches in training, valid batches in validation
 
 
-def load_teacher_and_task(teacher: Path, data_dir: Path):
-    """The teacher (eval mode, float32, on the GPU when there is one) and a translation task on data_dir."""
+def load_teachers_and_task(teachers: list[Path], data_dir: Path):
+    """The teachers (eval mode, float32, on the GPU when there is one) and a translation task on data_dir
+    (from the first teacher's settings)."""
     from fairseq import checkpoint_utils, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     from fairseq_plugins.criterions.word_kd import load_teacher
 
-    if not teacher.is_file():
-        raise ModelError(f"teacher checkpoint not found: {teacher}")
+    for teacher in teachers:  # every missing file before loading any
+        if not teacher.is_file():
+            raise ModelError(f"teacher checkpoint not found: {teacher}")
+    teacher = teachers[0]
     state = checkpoint_utils.load_checkpoint_to_cpu(str(teacher))
     cfg = state.get("cfg") or (convert_namespace_to_omegaconf(state["args"]) if state.get("args") else None)
     if cfg is None:
@@ -47,12 +52,15 @@ def load_teacher_and_task(teacher: Path, data_dir: Path):
     del state
     cfg.task.data = str(data_dir)
     task = tasks.setup_task(cfg.task)
-    try:
-        model = load_teacher(str(teacher), task)  # checks that the teacher's dictionaries are data_dir's
-    except ValueError as err:
-        raise ModelError(str(err)) from None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device=device, dtype=torch.float32).eval(), task, device
+    models = []
+    for path in teachers:
+        try:
+            model = load_teacher(str(path), task)  # checks that the teacher's dictionaries are data_dir's
+        except ValueError as err:
+            raise ModelError(str(err)) from None
+        models.append(model.to(device=device, dtype=torch.float32).eval())
+    return models, task, device
 
 
 def batches(sizes: np.ndarray, start: int, end: int, max_tokens: int) -> list[np.ndarray]:
@@ -71,22 +79,32 @@ def batches(sizes: np.ndarray, start: int, end: int, max_tokens: int) -> list[np
     return out
 
 
+def _logits(model, sample) -> torch.Tensor:
+    net_output = model(**sample["net_input"])
+    if getattr(getattr(model, "decoder", None), "adaptive_softmax", None) is not None:
+        return model.get_normalized_probs(net_output, log_probs=True).float()
+    return net_output[0].float()
+
+
 @torch.no_grad()
-def teacher_topk(model, task, device, ids: np.ndarray, dataset, topk: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def teacher_topk(models, task, device, ids: np.ndarray, dataset, topk: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per sentence of `ids`: (token ids (L, K), log-probabilities (L, K) float32) of its L target tokens."""
     sample = dataset.collater([dataset[int(i)] for i in ids])
     if device.type == "cuda":
         from fairseq import utils
 
         sample = utils.move_to_cuda(sample, device)
-    net_output = model(**sample["net_input"])
-    if getattr(getattr(model, "decoder", None), "adaptive_softmax", None) is not None:
-        logits = model.get_normalized_probs(net_output, log_probs=True).float()
+    if len(models) == 1:
+        logits = _logits(models[0], sample)
+        # the online --kd-topk path takes the top-K of the logits: the same selection, stored as log-probabilities
+        values, index = logits.topk(topk, dim=-1, sorted=True)
+        values = values - torch.logsumexp(logits, dim=-1, keepdim=True)
     else:
-        logits = net_output[0].float()
-    # the online --kd-topk path takes the top-K of the logits: the same selection, stored as log-probabilities
-    values, index = logits.topk(topk, dim=-1, sorted=True)
-    values = values - torch.logsumexp(logits, dim=-1, keepdim=True)
+        # an ensemble online averages the members' probabilities, then takes the top-K: log of that average
+        logp = torch.log_softmax(_logits(models[0], sample), dim=-1)
+        for model in models[1:]:
+            logp = torch.logaddexp(logp, torch.log_softmax(_logits(model, sample), dim=-1))
+        values, index = (logp - np.log(len(models))).topk(topk, dim=-1, sorted=True)
     keep = sample["target"].ne(task.target_dictionary.pad())
     by_id = {int(i): b for b, i in enumerate(sample["id"].tolist())}
     out = []
@@ -97,7 +115,7 @@ def teacher_topk(model, task, device, ids: np.ndarray, dataset, topk: int) -> li
     return out
 
 
-def build_shard(model, task, device, *, teacher: Path, data_dir: Path, cache: Path, split: str, shard: int,
+def build_shard(models, task, device, *, teachers: list[Path], data_dir: Path, cache: Path, split: str, shard: int,
                 shards: int, topk: int, max_tokens: int) -> Path:
     """Compute and write one shard; returns its path."""
     from fairseq import utils
@@ -108,18 +126,18 @@ def build_shard(model, task, device, *, teacher: Path, data_dir: Path, cache: Pa
     vocab = len(task.target_dictionary)
     if not 0 < topk <= vocab:
         raise ConfigError(f"--topk {topk}: must be in 1..{vocab} (the target vocabulary)")
-    max_src, max_tgt = utils.resolve_max_positions(task.max_positions(), model.max_positions())
+    max_src, max_tgt = utils.resolve_max_positions(task.max_positions(), *(m.max_positions() for m in models))
     for i in range(start, end):
         if dataset.src_sizes[i] > max_src or dataset.tgt_sizes[i] > max_tgt:
             raise DataError(f"{data_dir} split {split}: sentence {i} ({dataset.src_sizes[i]} source, "
                             f"{dataset.tgt_sizes[i]} target tokens) exceeds the teacher's positions ({max_src}, {max_tgt})")
     path = store.shard_path(cache, split, shard, shards)
-    ident = store.identity(teacher, data_dir, split)
+    ident = store.identity(teachers, data_dir, split)
     began = time.perf_counter()
     sizes = np.maximum(dataset.src_sizes, dataset.tgt_sizes).astype(np.int64)
     per_sentence: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for ids in batches(sizes, start, end, max(max_tokens, int(sizes[start:end].max(initial=1)))):
-        for i, rows in zip(ids, teacher_topk(model, task, device, ids, dataset, topk), strict=True):
+        for i, rows in zip(ids, teacher_topk(models, task, device, ids, dataset, topk), strict=True):
             if len(rows[0]) != dataset.tgt_sizes[i]:
                 raise DataError(f"{data_dir} split {split}: sentence {i}: {len(rows[0])} target rows, "
                                 f"dataset says {dataset.tgt_sizes[i]} tokens")
@@ -166,7 +184,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--teacher", type=Path, required=True, help="the teacher's fairseq checkpoint")
+    common.add_argument("--teacher", type=Path, nargs="+", required=True,
+                        help="the teacher's fairseq checkpoint (several: an ensemble's members)")
     common.add_argument("--data", type=Path, required=True, help="the student's binarised training data")
     common.add_argument("--cache", type=Path, required=True, help="the cache directory")
     common.add_argument("--num-shards", type=int, required=True)
@@ -186,12 +205,12 @@ def main() -> None:
         raise ConfigError(f"--num-shards {args.num_shards}: must be >= 1")
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    model, task, device = load_teacher_and_task(args.teacher, args.data)
-    where = {"teacher": args.teacher, "data_dir": args.data, "cache": args.cache}
+    models, task, device = load_teachers_and_task(args.teacher, args.data)
+    where = {"teachers": args.teacher, "data_dir": args.data, "cache": args.cache}
     if args.command == "shard":
         if not 0 <= args.shard < args.num_shards:
             raise ConfigError(f"--shard {args.shard} outside 0..{args.num_shards - 1}")
-        build_shard(model, task, device, **where, split=args.split, shard=args.shard, shards=args.num_shards,
+        build_shard(models, task, device, **where, split=args.split, shard=args.shard, shards=args.num_shards,
                     topk=args.topk, max_tokens=args.max_tokens)
         return
     splits = parse_splits(args.splits)
@@ -211,7 +230,7 @@ def main() -> None:
                     continue
                 if why != "missing":
                     log.warning("%s: redone (%s)", path, why)
-                build_shard(model, task, device, **where, split=split, shard=i, shards=args.num_shards,
+                build_shard(models, task, device, **where, split=split, shard=i, shards=args.num_shards,
                             topk=args.topk, max_tokens=args.max_tokens)
     index = store.write_index(args.cache, sizes, args.num_shards, args.teacher, args.data)
     summary = ", ".join(f"{s}: {v['sentences']} sentences, {v['tokens']} tokens" for s, v in index["splits"].items())

@@ -14,10 +14,12 @@ every target token of each sentence, EOS included, in order. Per row the K most 
 sorted by decreasing probability (so any K' <= K is the first K' columns). Log-probabilities, not
 probabilities: the criterion's distribution at temperature T is softmax(logprob / T) over the kept
 tokens, exactly what the online `--kd-topk` path computes from the teacher's logits (log-probabilities
-are the logits shifted by a per-row constant, which the softmax cancels).
+are the logits shifted by a per-row constant, which the softmax cancels). An ensemble's cache holds the
+log of its members' average probability at T = 1, which is the online ensemble's top-K at T = 1 only:
+at another T the members' probabilities are averaged after scaling, so the criterion refuses it there.
 
 A shard is written into a temporary directory and renamed: a shard directory exists only complete.
-The identity (teacher checkpoint, dictionaries, the split's binarised files) is recorded in every
+The identity (teacher checkpoint or the ensemble's, dictionaries, the split's binarised files) is recorded in every
 shard and in cache.json; :func:`check_identity` names whatever differs.
 """
 
@@ -83,15 +85,25 @@ def split_files(data_dir: str | os.PathLike, split: str) -> list[Path]:
     return found
 
 
-def identity(teacher: str | os.PathLike, data_dir: str | os.PathLike, split: str) -> dict[str, Any]:
-    """What a cache of `split` is valid for: the teacher checkpoint, the dictionaries, the split's files."""
+Teachers = str | os.PathLike | Sequence[str | os.PathLike]  # one checkpoint, or an ensemble's members
+
+
+def teacher_identity(teacher: Teachers) -> dict[str, Any]:
+    """{'path', 'size', 'sha256'} of one checkpoint; {'members': [those of each]} of an ensemble."""
+    paths = [teacher] if isinstance(teacher, (str, os.PathLike)) else list(teacher)
+    members = [{"path": str(Path(p).resolve()), **file_identity(p)} for p in paths]
+    return members[0] if len(members) == 1 else {"members": members}
+
+
+def identity(teacher: Teachers, data_dir: str | os.PathLike, split: str) -> dict[str, Any]:
+    """What a cache of `split` is valid for: the teacher checkpoint(s), the dictionaries, the split's files."""
     data_dir = Path(data_dir)
     files = split_files(data_dir, split)
     if not files:
         raise DataError(f"{data_dir}: no binarised files of split '{split}' ({split}.<src>-<tgt>.<lang>.bin/.idx)")
     dicts = sorted(data_dir.glob("dict.*.txt"))
     return {
-        "teacher": {"path": str(Path(teacher).resolve()), **file_identity(teacher)},
+        "teacher": teacher_identity(teacher),
         "dictionaries": {p.name: file_identity(p) for p in dicts},
         "targets": {p.name: file_identity(p) for p in files},
     }
@@ -108,14 +120,25 @@ def _describe(value: Any) -> str:
     return "absent" if value is None else str(value)
 
 
+def _without_paths(teacher: dict[str, Any]) -> Any:
+    if "members" in teacher:
+        return [_without_paths(m) for m in teacher["members"]]
+    return {k: v for k, v in teacher.items() if k != "path"}
+
+
+def _describe_teacher(teacher: dict[str, Any]) -> str:
+    if "members" in teacher:
+        return "the ensemble " + " + ".join(_describe_teacher(m) for m in teacher["members"])
+    return f"{teacher.get('path')} ({_describe(_without_paths(teacher))})"
+
+
 def identity_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """What differs between two identities, in words (the teacher's path is informative only)."""
+    """What differs between two identities, in words (the teachers' paths are informative only)."""
     out = []
     old_t, new_t = recorded.get("teacher", {}), current["teacher"]
-    strip = {k: v for k, v in old_t.items() if k != "path"}
-    if strip != {k: v for k, v in new_t.items() if k != "path"}:
-        out.append(f"teacher checkpoint {new_t['path']} ({_describe(new_t)}) is not the one the cache was made "
-                   f"with ({old_t.get('path')}: {_describe(strip)})")
+    if _without_paths(old_t) != _without_paths(new_t):
+        out.append(f"teacher checkpoint {_describe_teacher(new_t)} is not the one the cache was made "
+                   f"with ({_describe_teacher(old_t)})")
     for key, what in (("dictionaries", "dictionary"), ("targets", "training data file")):
         old, new = recorded.get(key, {}), current[key]
         for name in sorted(set(old) | set(new)):
@@ -231,7 +254,7 @@ def shard_is_current(path: Path, expected: dict[str, Any]) -> tuple[bool, str]:
 # The index and the reader
 
 
-def write_index(cache_dir: str | os.PathLike, splits: dict[str, int], shards: int, teacher: str | os.PathLike,
+def write_index(cache_dir: str | os.PathLike, splits: dict[str, int], shards: int, teacher: Teachers,
                 data_dir: str | os.PathLike) -> dict[str, Any]:
     """Check every shard of each split against the current files and write cache.json (atomically).
 
@@ -292,7 +315,7 @@ class TeacherCache:
     def splits(self) -> list[str]:
         return list(self.index["splits"])
 
-    def check(self, teacher: str | os.PathLike, data_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> None:
+    def check(self, teacher: Teachers, data_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> None:
         """Raise StaleCacheError naming every difference between the cache's identity and the current files."""
         problems = []
         for split in splits or self.splits:

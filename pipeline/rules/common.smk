@@ -175,7 +175,7 @@ def distill_parts(wildcards):
 # data, one cache per data directory (reference: the data stage's bin, distilled: the distillation's), each
 # split (fairseq's train and valid) in students.kd_cache_shards shard directories, then cache.json. The
 # cache's directory is keyed ({kdir}: work/kdcache/<targets>-<key>; KDCACHE_TARGETS maps it back).
-KD_CACHE = STUDENTS_CFG["kd_cache"]  # one teacher's distributions: an ensemble's students run the members online
+KD_CACHE = STUDENTS_CFG["kd_cache"]  # the teacher's distributions (an ensemble's average: students at T = 1 only)
 KDCACHE_SHARDS = STUDENTS_CFG["kd_cache_shards"]
 KDCACHE_ID_WIDTH = max(3, len(str(KDCACHE_SHARDS - 1)))
 KDCACHE_SHARD_IDS = [f"{i:0{KDCACHE_ID_WIDTH}d}" for i in range(KDCACHE_SHARDS)]
@@ -208,7 +208,6 @@ USES_DISTILLATION = any(MODELS[name].targets == "distilled" for name in STUDENTS
 
 TEACHERS = [name for name in MODELS if MODELS[name].variant == TEACHER]  # members, in order
 TEACHER_MODELS = [model_path(MODEL, name) for name in TEACHERS]
-TEACHER_MODEL = TEACHER_MODELS[0] if TEACHERS else []  # a teacher cache's (one teacher); none for a CTranslate2 teacher
 TEACHER_PATHS = ":".join(TEACHER_MODELS)  # fairseq's ensemble syntax: decode_shard --model, word_kd --teacher-path
 IS_ENSEMBLE = len(TEACHERS) > 1
 EXTERNAL = check_external_teacher(config) if TEACHER_KIND == CHECKPOINTS else None
@@ -233,8 +232,8 @@ def train_data_dir(name):
 
 
 def kdcache_dir(name):
-    """The teacher cache a model trains with (word-KD students when students.kd_cache is on and there is one
-    teacher: an ensemble's KL runs online), else None."""
+    """The teacher cache a model trains with (word-KD students when students.kd_cache is on; with an ensemble
+    only at T = 1, else its KL runs online), else None."""
     cache = LAYOUT.student_kdcache(name)
     return KDCACHE_DIR.format(kdir=cache.dir) if cache else None
 

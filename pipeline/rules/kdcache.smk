@@ -1,7 +1,8 @@
 # Teacher caches for word-level KD (pipeline.kdcache): the teacher runs once over a word-KD student's
 # training data (the references, or the distilled corpus) and stores its top-K (students.kd_topk) token
 # ids and log-probabilities per target token; the word_kd criterion reads them by sample id
-# (--kd-teacher-cache) instead of running the teacher in every step. One job per shard and split
+# (--kd-teacher-cache) instead of running the teacher in every step. An ensemble's cache holds the
+# members' average (every member is an input; `--teacher` takes them all). One job per shard and split
 # (a killed run redoes only the shards without a finished directory), then an index step that checks
 # every shard was made for the current teacher, dictionaries and data and writes cache.json.
 # Each cache has its keyed directory (KDCACHE_DIR: work/kdcache/<targets>-<key>, {kdir} in the rules).
@@ -15,7 +16,7 @@ KDCACHE_SPLITS_ARG = ",".join(KDCACHE_SPLITS)
 
 def kdcache_shard_inputs(wildcards):
     data = KDCACHE_DATA[KDCACHE_TARGETS[wildcards.kdir]]
-    return {"teacher": TEACHER_MODEL, "dicts": dict_files(data),
+    return {"teacher": TEACHER_MODELS, "dicts": dict_files(data),
             "split": split_files(data, KDCACHE_SPLIT_NAMES[wildcards.split])}
 
 
@@ -53,7 +54,7 @@ rule kdcache_index:
     input:
         shards=lambda wildcards: expand(KDCACHE_SHARD, kdir=wildcards.kdir, split=KDCACHE_SPLITS,
                                         shard=KDCACHE_SHARD_IDS),
-        teacher=TEACHER_MODEL,
+        teacher=TEACHER_MODELS,
     output:
         KDCACHE_INDEX,
     wildcard_constraints:

@@ -20,11 +20,13 @@ fairseq-train under srun, once per task.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +57,7 @@ HASH_LIMIT = 256 * 2**20  # bigger files are identified by size and modification
 # glibc settings for CPU training: keep freed large blocks on the heap for the next step instead of
 # unmapping them and page-faulting them in again (pipeline.benchmarks.train_allocator measures it).
 # A value already in the environment wins.
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 
 
@@ -214,6 +217,17 @@ def train_env(cmd: list[str], base: dict[str, str] | None = None) -> dict[str, s
     return {**ALLOCATOR_ENV, **base} if "--cpu" in cmd else dict(base)
 
 
+def _die_with_parent() -> None:
+    """In fairseq-train's process before exec: SIGTERM when this process dies, however it dies (SIGKILL too),
+    so that a killed job never leaves training running on its own, writing checkpoints into a directory that
+    the job's rerun resumes from at the same time. Linux's prctl(PR_SET_PDEATHSIG); elsewhere nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def train(cmd: list[str], metrics: Path, plan: launch.Launch | None = None) -> None:
     """Run fairseq-train (under srun: once per task), echoing its log and appending its progress records
     to the metrics file (rank 0 logs them)."""
@@ -224,7 +238,7 @@ def train(cmd: list[str], metrics: Path, plan: launch.Launch | None = None) -> N
     env = train_env(cmd, None if plan is None else plan.env)
     log.info("allocator: %s", ", ".join(f"{k}={env[k]}" for k in ALLOCATOR_ENV if k in env) or "glibc defaults")
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                          env=env) as proc, \
+                          env=env, preexec_fn=_die_with_parent) as proc, \
             metrics.open("a", encoding="utf-8") as out:
         for line in proc.stdout:
             sys.stderr.write(line)

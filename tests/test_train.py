@@ -60,6 +60,44 @@ def test_kill_then_resume_continues_from_saved_updates(workdir: Path):
     assert "last_optimizer_state" not in final and final["cfg"]["criterion"] is None
 
 
+def _processes(pattern: str, cwd: Path) -> dict[int, int]:
+    """pid -> parent pid of the live processes in cwd whose command line contains pattern."""
+    import psutil
+
+    found = {}
+    for p in psutil.process_iter(["cmdline", "ppid", "cwd", "status"]):
+        if (pattern in " ".join(p.info["cmdline"] or []) and p.info["cwd"] == str(cwd)
+                and p.info["status"] != psutil.STATUS_ZOMBIE):
+            found[p.pid] = p.info["ppid"]
+    return found
+
+
+def test_fairseq_train_dies_with_its_killed_runner(workdir: Path):
+    """SIGKILL to pipeline.train alone (not its process group, as a kill by hand or an OOM kill does): the
+    fairseq-train it started stops too, instead of training on beside the job's rerun."""
+    cfg = write_config(workdir, {"train": {"max_update": 2000}})
+    proc = subprocess.Popen([*SNAKEMAKE, "teacher", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+                             "--cores", "2", "--configfile", str(cfg)], cwd=workdir, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        deadline = time.time() + 300
+        while not (runner := _processes("-m pipeline.train", workdir)) or not (
+                trainer := [pid for pid, parent in _processes("-m fairseq_cli.train", workdir).items() if parent in runner]):
+            assert proc.poll() is None and time.time() < deadline, "no fairseq-train started"
+            time.sleep(0.5)
+        (fairseq_pid,) = trainer
+        parent = _processes("-m fairseq_cli.train", workdir)[fairseq_pid]
+        assert parent in runner  # pipeline.train itself (the job's shell matches the pattern too)
+        os.kill(parent, signal.SIGKILL)
+        deadline = time.time() + 60
+        while fairseq_pid in _processes("-m fairseq_cli.train", workdir):
+            assert time.time() < deadline, "fairseq-train still runs a minute after its runner was killed"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def test_averaging_last_checkpoints(workdir: Path):
     cfg = write_config(workdir, {"train": {"max_update": 60, "save_interval_updates": 20, "average_last": 3}})
     snakemake(workdir, "teacher", config=cfg)

@@ -5,6 +5,7 @@
   complete (a killed or failed run leaves none of them, and a rerun removes its stale temporaries).
 - ordered_map: a per-line function over a stream of lines in chunks, in a process pool when
   workers > 1, results in input order, a bounded number of chunks in flight.
+- copy_lines: one file appended to an open binary stream in blocks of bytes, its lines counted.
 """
 
 from __future__ import annotations
@@ -22,6 +23,20 @@ from pipeline.corpus import iter_lines
 from pipeline.errors import DataError
 
 CHUNK_LINES = 10_000
+COPY_BLOCK = 1 << 20  # bytes per read of copy_lines
+
+
+def copy_lines(path: str | os.PathLike, out) -> tuple[int, bool]:
+    """Append the file to the binary stream `out` in blocks of bytes (its lines are never all held); returns
+    its newline count and whether it ends with a newline (an empty file does), so that a caller can refuse a
+    last line that would run into the next file's first."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(COPY_BLOCK), b""):
+            out.write(block)
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n, last == b"\n"
 
 
 def iter_parallel(src: str | os.PathLike, tgt: str | os.PathLike, split: str) -> Iterator[tuple[str, str]]:

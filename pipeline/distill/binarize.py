@@ -25,10 +25,10 @@ from pathlib import Path
 from pipeline.cli import run
 from pipeline.corpus import count_lines
 from pipeline.errors import DataError
+from pipeline.streaming import copy_lines
 
 log = logging.getLogger("pipeline.distill.binarize")
 COPIED_SPLITS = ("valid", "test")
-COPY_BLOCK = 1 << 20
 
 
 def dataset_size(prefix: Path) -> int:
@@ -53,12 +53,7 @@ def concatenate(prefixes: list[Path], src: str, tgt: str, out_prefix: Path) -> N
     for lang in (src, tgt):
         with open(f"{out_prefix}.{lang}", "wb") as out:
             for prefix in prefixes:
-                last = b"\n"
-                with open(f"{prefix}.{lang}", "rb") as f:
-                    for block in iter(lambda f=f: f.read(COPY_BLOCK), b""):
-                        out.write(block)
-                        last = block[-1:]
-                if last != b"\n":  # its last line would run into the next file's first
+                if not copy_lines(f"{prefix}.{lang}", out)[1]:  # its last line would run into the next file's first
                     raise DataError(f"{prefix}.{lang}: the last line has no newline")
 
 

@@ -30,10 +30,9 @@ from pipeline.distill.shard_index import ShardIndex
 from pipeline.distill.shards import shard_filename, shard_name
 from pipeline.distill.stats import DistillStats
 from pipeline.errors import DataError
-from pipeline.streaming import AtomicOutputs
+from pipeline.streaming import AtomicOutputs, copy_lines
 
 log = logging.getLogger("pipeline.distill.merge")
-COPY_BLOCK = 1 << 20
 
 
 def read_part(part: Path) -> dict:
@@ -135,13 +134,8 @@ def merge(parts: list[Path], index: ShardIndex, outputs: list[Path], stats_path:
         for k, (part, meta) in enumerate(planned):
             expected = meta["stats"].pairs_out
             for name, out in zip(PART_FILES, outs, strict=True):
-                n, last = 0, b"\n"
-                with (part / name).open("rb") as f:  # bytes in blocks: one shard's lines are never all held
-                    for block in iter(lambda f=f: f.read(COPY_BLOCK), b""):
-                        out.buffer.write(block)
-                        n += block.count(b"\n")
-                        last = block[-1:]
-                if n != expected or last != b"\n":
+                n, complete = copy_lines(part / name, out.buffer)
+                if n != expected or not complete:
                     raise DataError(f"{part / name}: {n} complete lines, but shard {shard_filename(k, index.shards)}"
                                     f" has {expected} pairs")
         stats_out.write(json.dumps(stats, indent=2) + "\n")

@@ -195,6 +195,15 @@ def load_teacher(path: str, task) -> torch.nn.Module:
 # Teacher distribution and the fused loss
 
 
+def teacher_logits(teacher, sample) -> torch.Tensor:
+    """A teacher's output scores for the sample's target positions, (B, L, V): its logits, or with an adaptive
+    softmax (whose net_output[0] are hidden states) its log-probabilities, equivalent to logits here."""
+    net_output = teacher(**sample["net_input"])
+    if getattr(getattr(teacher, "decoder", None), "adaptive_softmax", None) is not None:
+        return teacher.get_normalized_probs(net_output, log_probs=True)
+    return net_output[0]
+
+
 def _chunk_rows(t: torch.Tensor) -> int:
     elements = GPU_CHUNK_ELEMENTS if t.device.type != "cpu" else CPU_CHUNK_ELEMENTS
     return max(1, elements // max(1, t.size(-1)))
@@ -526,12 +535,7 @@ class WordKDCriterion(FairseqCriterion):
         self._place_teachers(model)
         logits = []
         for teacher in self._teachers:
-            net_output = teacher(**sample["net_input"])
-            if getattr(getattr(teacher, "decoder", None), "adaptive_softmax", None) is not None:
-                # its net_output[0] are hidden states: use log-probabilities, equivalent to logits here
-                out = teacher.get_normalized_probs(net_output, log_probs=True)
-            else:
-                out = net_output[0]
+            out = teacher_logits(teacher, sample)
             logits.append(out.reshape(-1, out.size(-1)))
         return teacher_distribution(logits, self.temperature, self.topk)
 

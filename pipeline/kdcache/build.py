@@ -79,13 +79,6 @@ def batches(sizes: np.ndarray, start: int, end: int, max_tokens: int) -> list[np
     return out
 
 
-def _logits(model, sample) -> torch.Tensor:
-    net_output = model(**sample["net_input"])
-    if getattr(getattr(model, "decoder", None), "adaptive_softmax", None) is not None:
-        return model.get_normalized_probs(net_output, log_probs=True).float()
-    return net_output[0].float()
-
-
 def ensemble_topk(logits: list[torch.Tensor], topk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities and ids of the top-K of the members' average probability, as the online ensemble
     averages them (at T = 1). Probabilities summed in place, not logaddexp of log-probabilities (several
@@ -106,13 +99,15 @@ def teacher_topk(models, task, device, ids: np.ndarray, dataset, topk: int) -> l
         from fairseq import utils
 
         sample = utils.move_to_cuda(sample, device)
+    from fairseq_plugins.criterions.word_kd import teacher_logits
+
     if len(models) == 1:
-        logits = _logits(models[0], sample)
+        logits = teacher_logits(models[0], sample).float()
         # the online --kd-topk path takes the top-K of the logits: the same selection, stored as log-probabilities
         values, index = logits.topk(topk, dim=-1, sorted=True)
         values = values - torch.logsumexp(logits, dim=-1, keepdim=True)
     else:
-        values, index = ensemble_topk([_logits(model, sample) for model in models], topk)
+        values, index = ensemble_topk([teacher_logits(model, sample).float() for model in models], topk)
     keep = sample["target"].ne(task.target_dictionary.pad())
     by_id = {int(i): b for b, i in enumerate(sample["id"].tolist())}
     out = []

@@ -158,6 +158,9 @@ rule distill_merge:
         " {params.fallback} > {log} 2>&1"
 
 
+BINARIZE_RUN = "binarize+ref" if LAYOUT.add_references else "binarize"  # its log's name, as bin/ and bin+ref/
+
+
 rule distill_binarize:
     input:
         train=expand(DISTILL_TEXT, lang=LANGS),
@@ -168,9 +171,9 @@ rule distill_binarize:
     params:
         add_references=f"--add-references {SPM_TEXT_PREFIX}train" if DISTILL_CFG["add_references"] else "",
     log:
-        "logs/distill/" + DISTILL_RUN + "/" + ("binarize+ref" if DISTILL_CFG["add_references"] else "binarize") + ".log",
+        "logs/distill/" + DISTILL_RUN + "/" + BINARIZE_RUN + ".log",
     benchmark:
-        "benchmarks/distill/" + DISTILL_RUN + "/" + ("binarize+ref" if DISTILL_CFG["add_references"] else "binarize") + ".tsv"
+        "benchmarks/distill/" + DISTILL_RUN + "/" + BINARIZE_RUN + ".tsv"
     threads: res("binarize")["threads"]
     resources:
         mem_mb=res("binarize")["mem_mb"],

@@ -6,12 +6,16 @@
 A pair is counted under the first filter it fails, in the order of PAIR_FILTERS. The ids file lists,
 for each kept pair, its 0-based line number in the input, so later stages can trace any pair.
 
-The corpus is streamed in chunks: memory does not hold the corpus, only a chunk and the
-deduplication digests. Duplicates are found by a 64-bit BLAKE2b digest of the pair (8 bytes per
-distinct pair, in sorted numpy runs), not by the strings: two different pairs with the same digest
-would be merged, which for n distinct pairs happens with expected count n(n-1)/2^65 (about 7e-5 for
-50 million pairs). The statistics record the hash width, the number of distinct pairs and that
-expected count.
+The corpus is streamed in chunks, twice: memory holds a chunk, never the corpus. Duplicates are
+found by a 64-bit BLAKE2b digest of the pair, not by the strings: two different pairs with the same
+digest would be merged, which for n distinct pairs happens with expected count n(n-1)/2^65 (about 7e-5
+for 50 million pairs). The statistics record the hash width, the number of distinct pairs and that
+expected count. The digests never sit in memory together: the first pass appends each candidate's
+(digest, ordinal) to one of DEDUP_PARTITIONS files by digest (16 bytes per pair in the temporary
+directory, TMPDIR or --tmp-dir: 800 MB for 50M pairs), each file is then sorted on its own (a
+partition: 1/256 of the pairs) to mark every later occurrence of a digest, and the second pass writes
+the pairs whose mark is clear. What stays in memory for the whole run is that mark, one bit per pair
+that passed the filters (6 MB for 50 million).
 """
 
 from __future__ import annotations
@@ -20,18 +24,21 @@ import argparse
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.cli import run
+from pipeline.errors import DataError
 from pipeline.streaming import AtomicOutputs, chunks, iter_parallel
 
 PAIR_FILTERS = ("empty", "too_long", "length_ratio", "identical", "duplicate")
 HASH_BITS = 64
 CHUNK_PAIRS = 10_000
+DEDUP_PARTITIONS = 256  # a partition holds 1/256 of the digests while it is sorted
 log = logging.getLogger("pipeline.clean")
 
 
@@ -62,43 +69,72 @@ def pair_digest(src: str, tgt: str) -> bytes:
     return hashlib.blake2b(f"{src}\n{tgt}".encode(), digest_size=HASH_BITS // 8).digest()
 
 
-class DigestSet:
-    """Distinct 64-bit digests in sorted numpy runs of geometrically growing size (8 bytes each)."""
+class PartitionedDedup:
+    """Later occurrences among a stream of 64-bit digests, found on disk: memory is one partition's
+    digests while it is sorted, and one bit per digest for the result.
 
-    def __init__(self) -> None:
-        self.runs: list[np.ndarray] = []
-        self.size = 0
+    add() the digests in stream order, then duplicates() gives the bit mask of the ordinals that repeat
+    an earlier digest (bit i of byte i // 8, least significant first)."""
 
-    def _seen(self, digests: np.ndarray) -> np.ndarray:
-        seen = np.zeros(len(digests), dtype=bool)
-        for sorted_run in self.runs:
-            pos = np.searchsorted(sorted_run, digests)
-            pos[pos == len(sorted_run)] = 0
-            seen |= sorted_run[pos] == digests
-        return seen
+    def __init__(self, tmp_dir: Path, partitions: int = DEDUP_PARTITIONS) -> None:
+        self.partitions = partitions
+        self.paths = [tmp_dir / f"{p:04d}.bin" for p in range(partitions)]
+        self._files = [path.open("wb") for path in self.paths]
+        self.n = 0
+        self.distinct = 0
 
-    def add_new(self, digests: np.ndarray) -> np.ndarray:
-        """Mask of the digests not seen before, in order; a digest repeated in the batch is new once (first)."""
-        new = ~self._seen(digests) if self.runs else np.ones(len(digests), dtype=bool)
-        _, first = np.unique(digests, return_index=True)
-        first_mask = np.zeros(len(digests), dtype=bool)
-        first_mask[first] = True
-        new &= first_mask
-        if new.any():
-            self.runs.append(np.sort(digests[new]))
-            self.size += int(new.sum())
-            while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
-                last = self.runs.pop()
-                self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]))
-        return new
+    def add(self, digests: np.ndarray) -> None:
+        ordinals = np.arange(self.n, self.n + len(digests), dtype="<u8")
+        self.n += len(digests)
+        part = (digests % np.uint64(self.partitions)).astype(np.intp)
+        order = np.argsort(part, kind="stable")  # stable: each partition's records stay in stream order
+        records = np.stack([digests, ordinals], axis=1)[order]
+        bounds = np.searchsorted(part[order], np.arange(self.partitions + 1))
+        for p in np.flatnonzero(np.diff(bounds)):
+            self._files[p].write(records[bounds[p]:bounds[p + 1]].tobytes())
+
+    def duplicates(self) -> np.ndarray:
+        for f in self._files:
+            f.close()
+        repeated = np.zeros((self.n + 7) // 8, dtype=np.uint8)
+        for path in self.paths:
+            records = np.fromfile(path, dtype="<u8").reshape(-1, 2)
+            path.unlink()
+            if not len(records):
+                continue
+            records = records[np.lexsort((records[:, 1], records[:, 0]))]  # by digest, then stream order
+            later = np.flatnonzero(records[1:, 0] == records[:-1, 0]) + 1
+            self.distinct += len(records) - len(later)
+            ordinals = records[later, 1]
+            np.bitwise_or.at(repeated, ordinals >> np.uint64(3), np.left_shift(1, ordinals & np.uint64(7)).astype(np.uint8))
+        return repeated
 
 
-def clean_pairs(pairs: Iterable[tuple[str, str]], cfg: CleanConfig, stats: dict) -> Iterator[tuple[int, str, str]]:
-    """(input line number, source, target) of every kept pair, streamed; fills stats when exhausted."""
+def _changed(first: int, second: int, bound: str = "") -> None:
+    raise DataError(f"the training corpus changed while it was being cleaned: {first} pairs passed the "
+                    f"filters in the first reading, {bound}{second} in the second")
+
+
+def clean_pairs(open_pairs: Callable[[], Iterable[tuple[str, str]]], cfg: CleanConfig, stats: dict,
+                tmp_dir: Path | None = None) -> Iterator[tuple[int, str, str]]:
+    """(input line number, source, target) of every kept pair, streamed; fills stats when exhausted.
+
+    open_pairs() gives the corpus from its start: deduplication reads it twice (see the module's text);
+    the partition files go to a temporary directory in tmp_dir (default: TMPDIR), removed at the end."""
     removed = dict.fromkeys(PAIR_FILTERS, 0)
-    digests = DigestSet()
-    n_in = n_kept = 0
-    for chunk in chunks(enumerate(pairs), CHUNK_PAIRS):
+    repeated = None
+    distinct = first_pass = 0
+    if cfg.remove_duplicates:
+        with tempfile.TemporaryDirectory(prefix="pipeline-clean-", dir=tmp_dir) as tmp:
+            dedup = PartitionedDedup(Path(tmp))
+            for chunk in chunks(open_pairs(), CHUNK_PAIRS):
+                digests = [pair_digest(src, tgt) for src, tgt in chunk if pair_rejection(src, tgt, cfg) is None]
+                if digests:
+                    dedup.add(np.frombuffer(b"".join(digests), dtype="<u8"))
+            repeated = dedup.duplicates()
+            distinct, first_pass = dedup.distinct, dedup.n
+    n_in = n_kept = n_candidates = 0
+    for chunk in chunks(enumerate(open_pairs()), CHUNK_PAIRS):
         n_in += len(chunk)
         candidates = []
         for i, (src, tgt) in chunk:
@@ -107,14 +143,19 @@ def clean_pairs(pairs: Iterable[tuple[str, str]], cfg: CleanConfig, stats: dict)
                 candidates.append((i, src, tgt))
             else:
                 removed[reason] += 1
-        if cfg.remove_duplicates and candidates:
-            keys = np.frombuffer(b"".join(pair_digest(s, t) for _, s, t in candidates), dtype="<u8")
-            new = digests.add_new(keys)
-            removed["duplicate"] += int((~new).sum())
-            candidates = [c for c, keep in zip(candidates, new.tolist(), strict=True) if keep]
+        if repeated is not None and candidates:
+            ordinals = np.arange(n_candidates, n_candidates + len(candidates), dtype=np.int64)
+            n_candidates += len(candidates)
+            if n_candidates > first_pass:
+                _changed(first_pass, n_candidates, "at least ")
+            later = (repeated[ordinals >> 3] >> (ordinals & 7).astype(np.uint8)) & 1
+            removed["duplicate"] += int(later.sum())
+            candidates = [c for c, drop in zip(candidates, later.tolist(), strict=True) if not drop]
         n_kept += len(candidates)
         yield from candidates
-    m = digests.size
+    if repeated is not None and n_candidates != first_pass:
+        _changed(first_pass, n_candidates)
+    m = distinct
     stats.update({
         "input": n_in,
         "kept": n_kept,
@@ -133,7 +174,7 @@ def clean_pairs(pairs: Iterable[tuple[str, str]], cfg: CleanConfig, stats: dict)
 def clean(src_lines: Sequence[str], tgt_lines: Sequence[str], cfg: CleanConfig) -> tuple[list[int], dict]:
     """Kept line ids and the statistics: input, kept, and how many each filter removed."""
     stats: dict = {}
-    kept = [i for i, _, _ in clean_pairs(zip(src_lines, tgt_lines, strict=True), cfg, stats)]
+    kept = [i for i, _, _ in clean_pairs(lambda: zip(src_lines, tgt_lines, strict=True), cfg, stats)]
     return kept, stats
 
 
@@ -145,11 +186,14 @@ def main() -> None:
     parser.add_argument("--max-length-ratio", type=float, default=CleanConfig.max_length_ratio)
     parser.add_argument("--keep-identical", action="store_true")
     parser.add_argument("--keep-duplicates", action="store_true")
+    parser.add_argument("--tmp-dir", type=Path, default=None,
+                        help="where deduplication's partition files go (16 bytes per pair; default: TMPDIR)")
     args = parser.parse_args()
     cfg = CleanConfig(args.max_tokens, args.max_length_ratio, not args.keep_identical, not args.keep_duplicates)
     stats: dict = {}
     with AtomicOutputs(args.src_out, args.tgt_out, args.ids_out) as (src_out, tgt_out, ids_out):
-        for i, src, tgt in clean_pairs(iter_parallel(args.src_in, args.tgt_in, "train"), cfg, stats):
+        for i, src, tgt in clean_pairs(lambda: iter_parallel(args.src_in, args.tgt_in, "train"), cfg, stats,
+                                          args.tmp_dir):
             src_out.write(f"{src}\n")
             tgt_out.write(f"{tgt}\n")
             ids_out.write(f"{i}\n")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import os
 import random
 import re
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import MIRROR, REPO, data_dir
 
-from pipeline.clean import CleanConfig, DigestSet, clean
+from pipeline.clean import CleanConfig, PartitionedDedup, clean, clean_pairs
 from pipeline.corpus import read_lines
 from pipeline.distill.shard_index import ShardIndex, build_index, line_offsets, shard_count, shard_input
 from pipeline.distill.shards import shard_filename, shard_range
@@ -52,17 +51,51 @@ def _reference_clean(src: list[str], tgt: list[str], cfg: CleanConfig) -> list[i
     return kept
 
 
-def test_digest_set_keeps_first_occurrences_across_chunks():
+def test_partitioned_dedup_marks_every_later_occurrence_and_nothing_else(tmp_path):
     rng = np.random.default_rng(0)
     values = rng.integers(0, 5000, 40_000).astype(np.uint64)  # many repeats, within and across batches
-    digests, seen, new_all = DigestSet(), set(), []
+    values[:3] = [2**64 - 1, 0, 2**64 - 1]  # the extremes of the digest range
+    dedup = PartitionedDedup(tmp_path, partitions=7)  # not a power of two: partitions of unequal size
     for start in range(0, len(values), 997):
-        batch = values[start:start + 997]
-        new_all += digests.add_new(batch).tolist()
-    for value, new in zip(values.tolist(), new_all, strict=True):
-        assert new == (value not in seen)
+        dedup.add(values[start:start + 997])
+    repeated = np.unpackbits(dedup.duplicates(), bitorder="little")[:len(values)]
+    seen, expected = set(), []
+    for value in values.tolist():
+        expected.append(value in seen)
         seen.add(value)
-    assert digests.size == len(seen) and len(digests.runs) <= math.log2(len(seen)) + 2
+    assert repeated.tolist() == [int(e) for e in expected]
+    assert dedup.n == len(values) and dedup.distinct == len(seen)
+    assert list(tmp_path.iterdir()) == []  # the partition files are gone once read
+
+
+def test_clean_deduplicates_through_partition_files_in_its_temporary_directory(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    words = ["ein", "Hund", "läuft", "zwei", "Kinder", "spielen"]
+    src = [" ".join(rng.choice(words, int(rng.integers(1, 4)))) for _ in range(30_000)]
+    tgt = [s.upper() + " ." for s in src]
+    src[5], tgt[5] = "", "leer"  # filtered pairs do not take a digest ordinal
+    made = []
+    real_init = PartitionedDedup.__init__
+
+    def spy(self, tmp_dir, partitions=256):
+        made.append(tmp_dir)
+        real_init(self, tmp_dir, partitions)
+
+    monkeypatch.setattr(PartitionedDedup, "__init__", spy)
+    stats: dict = {}
+    kept = [i for i, _, _ in clean_pairs(lambda: zip(src, tgt, strict=True), CleanConfig(), stats, tmp_path)]
+    assert kept == _reference_clean(src, tgt, CleanConfig())
+    assert stats["removed"]["empty"] == 1 and stats["removed"]["duplicate"] == 29_999 - len(kept)
+    assert stats["dedup"]["distinct_pairs"] == len(kept)
+    assert len(made) == 1 and made[0].parent == tmp_path and not made[0].exists()
+
+    def changing():  # the corpus grows between the two readings
+        changing.calls += 1
+        return zip(src + ["neu"] * changing.calls, tgt + ["new"] * changing.calls, strict=True)
+
+    changing.calls = 0
+    with pytest.raises(DataError, match="changed while it was being cleaned: 30000 pairs .* first reading, at least 30001 in the second"):
+        list(clean_pairs(changing, CleanConfig(), {}, tmp_path))
 
 
 @pytest.mark.skipif(not MIRROR.is_dir(), reason="Multi30k mirror not present")

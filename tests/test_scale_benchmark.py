@@ -21,3 +21,13 @@ def test_quick_scale_benchmark_prints_its_table():
     for stage in STAGES:
         assert f"| {stage} | 2,000 |" in proc.stdout, stage
     assert "merge / post-processing at 2,000 pairs:" in proc.stdout
+
+
+def test_scale_benchmark_stops_after_the_stages_asked_for():
+    proc = subprocess.run([sys.executable, "-m", "pipeline.benchmarks.scale", "--quick", "--workers", "1", "--until", "clean"],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stages until clean" in proc.stdout
+    ran = [stage for stage in STAGES if f"| {stage} | 2,000 |" in proc.stdout]
+    assert ran == ["normalize (de)", "normalize (en)", "clean"]
+    assert "merge / post-processing" not in proc.stdout

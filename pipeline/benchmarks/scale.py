@@ -2,6 +2,7 @@
 
     python -m pipeline.benchmarks.scale [--sizes 100000 1000000 4000000] [--workers 2] [--jobs 2]
         [--shard-size 50000] [--selection seq_inter] [--nbest 5] [--workdir DIR] [--keep] [--json OUT.json]
+        [--until {normalize,clean,spm,index,distill,binarize}]
     python -m pipeline.benchmarks.scale --quick      # a few thousand pairs: the test suite's check
 
 For each size, a deterministic synthetic parallel corpus (no download; see `generate`) is taken
@@ -42,6 +43,9 @@ SIZES = (100_000, 1_000_000, 4_000_000)
 QUICK_SIZE = 2000
 SRC, TGT = "de", "en"
 STANDIN = "teacher stand-in (not a pipeline stage)"
+# --until: the last group of stages to run (each needs the ones before it); the distillation group is the
+# stand-in, post-processing and merge, whose shard jobs cost most (post-processing: about 1.7 ms per pair)
+UNTIL = ("normalize", "clean", "spm", "index", "distill", "binarize")
 
 # ------------------------------------------------------------------------------------------------
 # The synthetic corpus
@@ -169,9 +173,20 @@ def run_size(pairs: int, root: Path, spm_dir: Path, args: argparse.Namespace, lo
     for lang in (SRC, TGT):
         runs[f"normalize ({lang})"] = measure(py("pipeline.normalize", "--lang", lang, "--workers", args.workers,
                                                  d / f"raw/train.{lang}", d / f"norm/train.{lang}"), log)
+    last = UNTIL.index(args.until)
+
+    def done() -> dict[str, Run]:
+        if not args.keep:
+            shutil.rmtree(d, ignore_errors=True)
+        return runs
+
+    if last == UNTIL.index("normalize"):
+        return done()
     runs["clean"] = measure(py("pipeline.clean", "--src-in", d / f"norm/train.{SRC}", "--tgt-in", d / f"norm/train.{TGT}",
                                "--src-out", d / f"clean/train.{SRC}", "--tgt-out", d / f"clean/train.{TGT}",
                                "--ids-out", d / "clean/train.ids", "--stats", d / "clean/stats.json"), log)
+    if last == UNTIL.index("clean"):
+        return done()
     model = spm_dir / "spm.model"
     if not model.exists():  # once, on a bounded sample: the first size's cleaned corpus, at most --spm-sample pairs
         sample = spm_dir / "sample.txt"
@@ -190,11 +205,15 @@ def run_size(pairs: int, root: Path, spm_dir: Path, args: argparse.Namespace, lo
     for lang in (SRC, TGT):
         runs[f"spm encode ({lang})"] = measure(py("pipeline.spm", "encode", "--model", model, "--workers", args.workers,
                                                   d / f"clean/train.{lang}", d / f"spm/train.{lang}"), log)
+    if last == UNTIL.index("spm"):
+        return done()
     index = d / "distill/index.json"
     runs["shard index"] = measure(py(
         "pipeline.distill.shard_index", "--shard-size", args.shard_size, "--ids", d / "clean/train.ids",
         "--src-spm", d / f"spm/train.{SRC}", "--ref-spm", d / f"spm/train.{TGT}", "--src-text", d / f"clean/train.{SRC}",
         "--ref-text", d / f"clean/train.{TGT}", "--out", index), log)
+    if last == UNTIL.index("index"):
+        return done()
     shards = json.loads(index.read_text())["shards"]
     shard_files = [d / "distill/shards" / shard_filename(k, shards) for k in range(shards)]
     parts = [d / "distill/post" / f.name.removesuffix(".jsonl") for f in shard_files]
@@ -211,13 +230,13 @@ def run_size(pairs: int, root: Path, spm_dir: Path, args: argparse.Namespace, lo
         "--out-src", out / f"train.{SRC}", "--out-tgt", out / f"train.{TGT}", "--out-ids", out / "train.ids",
         "--text-src", out / f"train.{SRC}.txt", "--text-tgt", out / f"train.{TGT}.txt", "--stats", out / "stats.json",
         "--fail-fallback-share", 1.0), log)
+    if last == UNTIL.index("distill"):
+        return done()
     runs["binarize (fairseq-preprocess)"] = measure(py(
         "fairseq_cli.preprocess", "--source-lang", SRC, "--target-lang", TGT, "--trainpref", out / "train",
         "--destdir", d / "distill/bin", "--srcdict", spm_dir / "dict.txt", "--tgtdict", spm_dir / "dict.txt",
         "--workers", args.workers), log)
-    if not args.keep:
-        shutil.rmtree(d, ignore_errors=True)
-    return runs
+    return done()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,8 +268,9 @@ def tables(results: dict[int, dict[str, Run]]) -> str:
                              f"{(a.wall_s / big) / (b.wall_s / second):.2f} |")
     lines.append("")
     for size in sizes:
-        merge, post = results[size]["merge"], results[size]["post-process (sum of shard jobs)"]
-        lines.append(f"merge / post-processing at {_fmt_size(size)} pairs: {merge.wall_s / post.wall_s:.1%} of the wall time")
+        merge, post = results[size].get("merge"), results[size].get("post-process (sum of shard jobs)")
+        if merge and post:
+                lines.append(f"merge / post-processing at {_fmt_size(size)} pairs: {merge.wall_s / post.wall_s:.1%} of the wall time")
     return "\n".join(lines)
 
 
@@ -266,6 +286,9 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--spm-sample", type=int, default=200_000, help="pairs of the first size to train SentencePiece on")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--until", choices=UNTIL, default=UNTIL[-1],
+                        help="stop each size after this group of stages (spm: SentencePiece; index: the shard index; "
+                             "distill: stand-in, post-processing, merge)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory, removed")
     parser.add_argument("--keep", action="store_true", help="keep each size's files")
     parser.add_argument("--json", type=Path, default=None, help="also write the measurements here")
@@ -289,7 +312,7 @@ def main() -> None:
             args.json.write_text(json.dumps({str(k): {s: asdict(r) for s, r in v.items()} for k, v in results.items()},
                                             indent=1) + "\n")
     print(f"Scale benchmark: workers {args.workers}, shard jobs {args.jobs} at a time, shard size {args.shard_size:,},"
-          f" selection {args.selection}, n-best {args.nbest}, {os.cpu_count()} CPUs")
+          f" selection {args.selection}, n-best {args.nbest}, {os.cpu_count()} CPUs, stages until {args.until}")
     print(tables(results))
     if args.workdir is None:
         shutil.rmtree(root, ignore_errors=True)

@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 VERSION = "0.12.2"
-LOCAL_VERSION = f"{VERSION}+py311.3"
+LOCAL_VERSION = f"{VERSION}+py311.4"
 SDIST_URL = (
     "https://files.pythonhosted.org/packages/30/36/"
     "db42846570f479ac859be3b48d8b47f2ae9b0b9c77487a512f2f2ecbcb6b/fairseq-0.12.2.tar.gz"
@@ -251,6 +251,50 @@ PATCHES: list[tuple[str, str, str]] = [
         "fairseq/distributed/utils.py",
         '        obj = torch.load(buffer, map_location="cpu")\n',
         '        obj = torch.load(buffer, map_location="cpu", weights_only=False)\n',
+    ),
+    # 13. Binarising memory that grows with the corpus: fairseq-preprocess's index builder kept one Python
+    #     object per sentence (a list of numpy scalars, about 40 bytes each, merged from every worker),
+    #     then a second Python list of pointers to write the index: hundreds of MB at 10M sentences. The
+    #     sizes now sit in an array of int32 (4 bytes a sentence, as the index stores them) and the
+    #     pointers are written in blocks. The index file is byte-identical.
+    ("fairseq/data/indexed_dataset.py", "import shutil\nimport struct\n", "import shutil\nimport struct\nfrom array import array\n"),
+    (
+        "fairseq/data/indexed_dataset.py",
+        "        self._dtype = dtype\n        self._sizes = []\n",
+        '        self._dtype = dtype\n        self._sizes = array("i")\n',
+    ),
+    (
+        "fairseq/data/indexed_dataset.py",
+        "        for size in index.sizes:\n            self._sizes.append(size)\n",
+        "        self._sizes.frombytes(np.asarray(index.sizes, dtype=np.int32).tobytes())\n",
+    ),
+    (
+        "fairseq/data/indexed_dataset.py",
+        "                def write(self, sizes):\n"
+        "                    pointers = self._get_pointers(sizes)\n"
+        "\n"
+        '                    self._file.write(struct.pack("<Q", len(sizes)))\n'
+        "\n"
+        "                    sizes = np.array(sizes, dtype=np.int32)\n"
+        '                    self._file.write(sizes.tobytes(order="C"))\n'
+        "                    del sizes\n"
+        "\n"
+        "                    pointers = np.array(pointers, dtype=np.int64)\n"
+        '                    self._file.write(pointers.tobytes(order="C"))\n'
+        "                    del pointers\n",
+        "                def write(self, sizes):\n"
+        '                    self._file.write(struct.pack("<Q", len(sizes)))\n'
+        "\n"
+        "                    sizes = np.asarray(sizes, dtype=np.int32)\n"
+        '                    self._file.write(sizes.tobytes(order="C"))\n'
+        "\n"
+        "                    address = 0  # pointers: byte offset of each item, written a block at a time\n"
+        "                    for start in range(0, len(sizes), 1 << 20):\n"
+        "                        nbytes = sizes[start:start + (1 << 20)].astype(np.int64) * dtype().itemsize\n"
+        "                        ends = np.cumsum(nbytes) + address\n"
+        '                        self._file.write((ends - nbytes).tobytes(order="C"))\n'
+        "                        address = int(ends[-1])\n"
+        "                    del sizes\n",
     ),
     ("fairseq/version.txt", VERSION, LOCAL_VERSION),
 ]

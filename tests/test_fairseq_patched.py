@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,42 @@ def test_save_checkpoint_copies_atomically(tmp_path: Path, monkeypatch):
     checkpoint_utils.save_checkpoint(cfg, _Trainer(30), _EpochIterator(), None)
     assert last.read_bytes() == (tmp_path / "checkpoint_1_30.pt").read_bytes()
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_indexed_dataset_builder_keeps_sizes_compact_and_writes_the_same_index(tmp_path: Path):
+    """Patch 13: the sizes of a binarised corpus are an int32 array, and the index is the format fairseq reads."""
+    from array import array
+
+    from fairseq.data.indexed_dataset import MMapIndexedDataset, MMapIndexedDatasetBuilder
+
+    rng = np.random.default_rng(0)
+    items = [torch.from_numpy(rng.integers(4, 1000, int(n))) for n in rng.integers(1, 40, 600)]
+    part = MMapIndexedDatasetBuilder(str(tmp_path / "part.bin"), dtype=np.uint16)
+    for item in items[200:450]:
+        part.add_item(item)
+    part.finalize(str(tmp_path / "part.idx"))
+    builder = MMapIndexedDatasetBuilder(str(tmp_path / "all.bin"), dtype=np.uint16)
+    for item in items[:200]:
+        builder.add_item(item)
+    builder.merge_file_(str(tmp_path / "part"))  # as fairseq-preprocess merges its workers' outputs
+    for item in items[450:]:
+        builder.add_item(item)
+    assert isinstance(builder._sizes, array) and builder._sizes.itemsize == 4
+    builder.finalize(str(tmp_path / "all.idx"))
+
+    sizes = np.array([len(item) for item in items], dtype=np.int32)
+    pointers = np.concatenate([[0], np.cumsum(sizes.astype(np.int64) * 2)[:-1]])
+    expected = (MMapIndexedDataset.Index._HDR_MAGIC + struct.pack("<Q", 1) + struct.pack("<B", 8)
+                + struct.pack("<Q", len(sizes)) + sizes.tobytes() + pointers.tobytes())
+    assert (tmp_path / "all.idx").read_bytes() == expected
+    dataset = MMapIndexedDataset(str(tmp_path / "all"))
+    assert len(dataset) == len(items)
+    for i in (0, 199, 200, 449, 450, 599):
+        assert dataset[i].tolist() == items[i].tolist()
+
+    many = rng.integers(1, 200, 2_500_000).astype(np.int32)  # more than one block of pointers
+    with MMapIndexedDataset.Index.writer(str(tmp_path / "many.idx"), np.uint16) as index:
+        index.write(array("i", many.tobytes()))
+    index = MMapIndexedDataset.Index(str(tmp_path / "many.idx"))
+    assert np.array_equal(index.sizes, many)
+    assert np.array_equal(index._pointers, np.concatenate([[0], np.cumsum(many.astype(np.int64) * 2)[:-1]]))

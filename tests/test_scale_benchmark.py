@@ -31,3 +31,13 @@ def test_scale_benchmark_stops_after_the_stages_asked_for():
     ran = [stage for stage in STAGES if f"| {stage} | 2,000 |" in proc.stdout]
     assert ran == ["normalize (de)", "normalize (en)", "clean"]
     assert "merge / post-processing" not in proc.stdout
+
+
+def test_scale_benchmark_can_binarise_the_cleaned_corpus_instead_of_distilling():
+    proc = subprocess.run([sys.executable, "-m", "pipeline.benchmarks.scale", "--quick", "--workers", "1", "--skip-distill"],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distillation skipped (the cleaned corpus binarised)" in proc.stdout
+    ran = [stage for stage in STAGES if f"| {stage} | 2,000 |" in proc.stdout]
+    assert ran == STAGES[:STAGES.index("shard index") + 1]
+    assert "| binarize (fairseq-preprocess, cleaned corpus) | 2,000 |" in proc.stdout

@@ -2,7 +2,7 @@
 
     python -m pipeline.benchmarks.scale [--sizes 100000 1000000 4000000] [--workers 2] [--jobs 2]
         [--shard-size 50000] [--selection seq_inter] [--nbest 5] [--workdir DIR] [--keep] [--json OUT.json]
-        [--until {normalize,clean,spm,index,distill,binarize}]
+        [--until {normalize,clean,spm,index,distill,binarize}] [--skip-distill]
     python -m pipeline.benchmarks.scale --quick      # a few thousand pairs: the test suite's check
 
 For each size, a deterministic synthetic parallel corpus (no download; see `generate`) is taken
@@ -163,6 +163,13 @@ def spm_dictionary(vocab: Path, out: Path) -> None:
     out.write_text("".join(f"{p} 1\n" for p in pieces if p not in ("<unk>", "<s>", "</s>", "<pad>")), encoding="utf-8")
 
 
+def binarize_cmd(trainpref: Path, destdir: Path, spm_dir: Path, workers: int) -> list[str]:
+    """fairseq-preprocess with a fixed dictionary, as distill_binarize runs it."""
+    return py("fairseq_cli.preprocess", "--source-lang", SRC, "--target-lang", TGT, "--trainpref", trainpref,
+              "--destdir", destdir, "--srcdict", spm_dir / "dict.txt", "--tgtdict", spm_dir / "dict.txt",
+              "--workers", workers)
+
+
 def run_size(pairs: int, root: Path, spm_dir: Path, args: argparse.Namespace, log: Path) -> dict[str, Run]:
     from pipeline.distill.shards import shard_filename
 
@@ -214,6 +221,10 @@ def run_size(pairs: int, root: Path, spm_dir: Path, args: argparse.Namespace, lo
         "--ref-text", d / f"clean/train.{TGT}", "--out", index), log)
     if last == UNTIL.index("index"):
         return done()
+    if args.skip_distill:  # binarise the cleaned corpus: the same sentences, without hours of post-processing
+        runs["binarize (fairseq-preprocess, cleaned corpus)"] = measure(binarize_cmd(d / "spm/train", d / "bin", spm_dir,
+                                                                                   args.workers), log)
+        return done()
     shards = json.loads(index.read_text())["shards"]
     shard_files = [d / "distill/shards" / shard_filename(k, shards) for k in range(shards)]
     parts = [d / "distill/post" / f.name.removesuffix(".jsonl") for f in shard_files]
@@ -232,10 +243,7 @@ def run_size(pairs: int, root: Path, spm_dir: Path, args: argparse.Namespace, lo
         "--fail-fallback-share", 1.0), log)
     if last == UNTIL.index("distill"):
         return done()
-    runs["binarize (fairseq-preprocess)"] = measure(py(
-        "fairseq_cli.preprocess", "--source-lang", SRC, "--target-lang", TGT, "--trainpref", out / "train",
-        "--destdir", d / "distill/bin", "--srcdict", spm_dir / "dict.txt", "--tgtdict", spm_dir / "dict.txt",
-        "--workers", args.workers), log)
+    runs["binarize (fairseq-preprocess)"] = measure(binarize_cmd(out / "train", d / "distill/bin", spm_dir, args.workers), log)
     return done()
 
 
@@ -286,6 +294,9 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--spm-sample", type=int, default=200_000, help="pairs of the first size to train SentencePiece on")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--skip-distill", action="store_true",
+                        help="after the shard index, binarise the cleaned corpus (same sentences) instead of running "
+                             "the distillation group: binarisation measured at sizes where post-processing takes hours")
     parser.add_argument("--until", choices=UNTIL, default=UNTIL[-1],
                         help="stop each size after this group of stages (spm: SentencePiece; index: the shard index; "
                              "distill: stand-in, post-processing, merge)")
@@ -297,6 +308,8 @@ def main() -> None:
     if args.generate:
         generate(int(args.generate[0]), Path(args.generate[1]), args.seed)
         return
+    if args.skip_distill and args.until != "binarize":
+        parser.error("--skip-distill binarises the cleaned corpus: it needs --until binarize (the default)")
     if args.quick:
         args.sizes, args.shard_size, args.nbest, args.vocab_size = [QUICK_SIZE], 700, 3, 1000
     root = args.workdir or Path(tempfile.mkdtemp(prefix="scale-bench-"))
@@ -312,7 +325,8 @@ def main() -> None:
             args.json.write_text(json.dumps({str(k): {s: asdict(r) for s, r in v.items()} for k, v in results.items()},
                                             indent=1) + "\n")
     print(f"Scale benchmark: workers {args.workers}, shard jobs {args.jobs} at a time, shard size {args.shard_size:,},"
-          f" selection {args.selection}, n-best {args.nbest}, {os.cpu_count()} CPUs, stages until {args.until}")
+          f" selection {args.selection}, n-best {args.nbest}, {os.cpu_count()} CPUs, stages until {args.until}"
+          + (", distillation skipped (the cleaned corpus binarised)" if args.skip_distill else ""))
     print(tables(results))
     if args.workdir is None:
         shutil.rmtree(root, ignore_errors=True)

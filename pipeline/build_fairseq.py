@@ -285,14 +285,14 @@ PATCHES: list[tuple[str, str, str]] = [
         "                def write(self, sizes):\n"
         '                    self._file.write(struct.pack("<Q", len(sizes)))\n'
         "\n"
-        "                    sizes = np.asarray(sizes, dtype=np.int32)\n"
-        '                    self._file.write(sizes.tobytes(order="C"))\n'
+        "                    sizes = np.ascontiguousarray(sizes, dtype=np.int32)\n"
+        "                    self._file.write(sizes)  # its buffer, not a copy\n"
         "\n"
-        "                    address = 0  # pointers: byte offset of each item, written a block at a time\n"
-        "                    for start in range(0, len(sizes), 1 << 20):\n"
-        "                        nbytes = sizes[start:start + (1 << 20)].astype(np.int64) * dtype().itemsize\n"
+        "                    address = 0  # pointers: byte offset of each item, a block of 64k at a time\n"
+        "                    for start in range(0, len(sizes), 1 << 16):\n"
+        "                        nbytes = sizes[start:start + (1 << 16)].astype(np.int64) * dtype().itemsize\n"
         "                        ends = np.cumsum(nbytes) + address\n"
-        '                        self._file.write((ends - nbytes).tobytes(order="C"))\n'
+        "                        self._file.write(ends - nbytes)\n"
         "                        address = int(ends[-1])\n"
         "                    del sizes\n",
     ),

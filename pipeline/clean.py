@@ -73,8 +73,9 @@ class PartitionedDedup:
     """Later occurrences among a stream of 64-bit digests, found on disk: memory is one partition's
     digests while it is sorted, and one bit per digest for the result.
 
-    add() the digests in stream order, then duplicates() gives the bit mask of the ordinals that repeat
-    an earlier digest (bit i of byte i // 8, least significant first)."""
+    add() the digests in stream order, then duplicates() finds the ordinals that repeat an earlier digest
+    (a bit mask: bit i of byte i // 8, least significant first), and later(start, count) reads that mask
+    for the ordinals start .. start + count - 1."""
 
     def __init__(self, tmp_dir: Path, partitions: int = DEDUP_PARTITIONS) -> None:
         self.partitions = partitions
@@ -82,6 +83,7 @@ class PartitionedDedup:
         self._files = [path.open("wb") for path in self.paths]
         self.n = 0
         self.distinct = 0
+        self.repeated = np.zeros(0, dtype=np.uint8)
 
     def add(self, digests: np.ndarray) -> None:
         ordinals = np.arange(self.n, self.n + len(digests), dtype="<u8")
@@ -107,7 +109,13 @@ class PartitionedDedup:
             self.distinct += len(records) - len(later)
             ordinals = records[later, 1]
             np.bitwise_or.at(repeated, ordinals >> np.uint64(3), np.left_shift(1, ordinals & np.uint64(7)).astype(np.uint8))
+        self.repeated = repeated
         return repeated
+
+    def later(self, start: int, count: int) -> np.ndarray:
+        """Whether each of the ordinals start .. start + count - 1 repeats an earlier digest (after duplicates())."""
+        ordinals = np.arange(start, start + count, dtype=np.int64)
+        return ((self.repeated[ordinals >> 3] >> (ordinals & 7).astype(np.uint8)) & 1).astype(bool)
 
 
 def _changed(first: int, second: int, bound: str = "") -> None:
@@ -122,8 +130,7 @@ def clean_pairs(open_pairs: Callable[[], Iterable[tuple[str, str]]], cfg: CleanC
     open_pairs() gives the corpus from its start: deduplication reads it twice (see the module's text);
     the partition files go to a temporary directory in tmp_dir (default: TMPDIR), removed at the end."""
     removed = dict.fromkeys(PAIR_FILTERS, 0)
-    repeated = None
-    distinct = first_pass = 0
+    dedup = None
     if cfg.remove_duplicates:
         with tempfile.TemporaryDirectory(prefix="pipeline-clean-", dir=tmp_dir) as tmp:
             dedup = PartitionedDedup(Path(tmp))
@@ -131,8 +138,7 @@ def clean_pairs(open_pairs: Callable[[], Iterable[tuple[str, str]]], cfg: CleanC
                 digests = [pair_digest(src, tgt) for src, tgt in chunk if pair_rejection(src, tgt, cfg) is None]
                 if digests:
                     dedup.add(np.frombuffer(b"".join(digests), dtype="<u8"))
-            repeated = dedup.duplicates()
-            distinct, first_pass = dedup.distinct, dedup.n
+            dedup.duplicates()
     n_in = n_kept = n_candidates = 0
     for chunk in chunks(enumerate(open_pairs()), CHUNK_PAIRS):
         n_in += len(chunk)
@@ -143,19 +149,18 @@ def clean_pairs(open_pairs: Callable[[], Iterable[tuple[str, str]]], cfg: CleanC
                 candidates.append((i, src, tgt))
             else:
                 removed[reason] += 1
-        if repeated is not None and candidates:
-            ordinals = np.arange(n_candidates, n_candidates + len(candidates), dtype=np.int64)
+        if dedup is not None and candidates:
+            if n_candidates + len(candidates) > dedup.n:
+                _changed(dedup.n, n_candidates + len(candidates), "at least ")
+            later = dedup.later(n_candidates, len(candidates))
             n_candidates += len(candidates)
-            if n_candidates > first_pass:
-                _changed(first_pass, n_candidates, "at least ")
-            later = (repeated[ordinals >> 3] >> (ordinals & 7).astype(np.uint8)) & 1
             removed["duplicate"] += int(later.sum())
             candidates = [c for c, drop in zip(candidates, later.tolist(), strict=True) if not drop]
         n_kept += len(candidates)
         yield from candidates
-    if repeated is not None and n_candidates != first_pass:
-        _changed(first_pass, n_candidates)
-    m = distinct
+    if dedup is not None and n_candidates != dedup.n:
+        _changed(dedup.n, n_candidates)
+    m = dedup.distinct if dedup is not None else 0
     stats.update({
         "input": n_in,
         "kept": n_kept,

@@ -57,8 +57,8 @@ HASH_LIMIT = 256 * 2**20  # bigger files are identified by size and modification
 # glibc settings for CPU training: keep freed large blocks on the heap for the next step instead of
 # unmapping them and page-faulting them in again (pipeline.benchmarks.train_allocator measures it).
 # A value already in the environment wins.
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def device_args(fp16: bool) -> list[str]:

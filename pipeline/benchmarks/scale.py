@@ -278,7 +278,7 @@ def tables(results: dict[int, dict[str, Run]]) -> str:
     for size in sizes:
         merge, post = results[size].get("merge"), results[size].get("post-process (sum of shard jobs)")
         if merge and post:
-                lines.append(f"merge / post-processing at {_fmt_size(size)} pairs: {merge.wall_s / post.wall_s:.1%} of the wall time")
+            lines.append(f"merge / post-processing at {_fmt_size(size)} pairs: {merge.wall_s / post.wall_s:.1%} of the wall time")
     return "\n".join(lines)
 
 

@@ -168,6 +168,33 @@ def _upper_factory(suffix: str):
     return lambda line: line.upper() + suffix
 
 
+@pytest.mark.parametrize("in_kernel", [True, False])
+def test_copy_lines_appends_in_order_and_counts_across_blocks(tmp_path, monkeypatch, in_kernel):
+    import io
+
+    import pipeline.streaming as streaming
+
+    monkeypatch.setattr(streaming, "COPY_BLOCK", 5)  # newlines and file ends fall inside and between blocks
+    calls = []
+    if in_kernel:
+        real = os.copy_file_range
+        monkeypatch.setattr(os, "copy_file_range", lambda *a: calls.append(a) or real(*a))
+    else:  # where os.copy_file_range is missing (or refuses), the blocks go through user space
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    files = {"a": b"one\ntwo\n\nthree\n", "b": "vier ü\nfünf".encode(), "empty": b""}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    with (tmp_path / "out").open("wb") as out:
+        out.write(b"head\n")  # buffered bytes go before the copied ones
+        counts = [streaming.copy_lines(tmp_path / name, out) for name in ("a", "b", "empty", "a")]
+        out.write(b"tail\n")
+    assert counts == [(4, True), (1, False), (0, True), (4, True)]
+    assert (tmp_path / "out").read_bytes() == b"head\n" + files["a"] + files["b"] + files["a"] + b"tail\n"
+    assert len(calls) >= 3 if in_kernel else not calls  # (the empty file has nothing to copy)
+    stream = io.BytesIO()  # no file descriptor: user space
+    assert streaming.copy_lines(tmp_path / "a", stream) == (4, True) and stream.getvalue() == files["a"]
+
+
 # ------------------------------------------------------------------------------------------------
 # The shard index
 

@@ -17,10 +17,14 @@ def test_quick_scale_benchmark_prints_its_table():
     proc = subprocess.run([sys.executable, "-m", "pipeline.benchmarks.scale", "--quick", "--workers", "2", "--jobs", "2"],
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| stage | pairs | wall (s) | s per 1M pairs | CPU (s) | peak RSS (MiB) |" in proc.stdout
+    assert "| stage | pairs | wall (s) | s per 1M pairs | CPU (s) | of it kernel (s) | peak RSS (MiB) |" in proc.stdout
     for stage in STAGES:
         assert f"| {stage} | 2,000 |" in proc.stdout, stage
     assert "merge / post-processing at 2,000 pairs:" in proc.stdout
+    assert "merge at 2,000 pairs, every run's wall time (s): " in proc.stdout  # three runs, the median in the table
+    runs = proc.stdout.split("every run's wall time (s): ")[1].split(" (the table")[0].split(", ")
+    median = sorted(runs, key=float)[1]
+    assert len(runs) == 3 and f"| merge | 2,000 | {median} |" in proc.stdout
 
 
 def test_scale_benchmark_stops_after_the_stages_asked_for():

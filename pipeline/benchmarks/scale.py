@@ -2,7 +2,7 @@
 
     python -m pipeline.benchmarks.scale [--sizes 100000 1000000 4000000] [--workers 2] [--jobs 2]
         [--shard-size 50000] [--selection seq_inter] [--nbest 5] [--workdir DIR] [--keep] [--json OUT.json]
-        [--until {normalize,clean,spm,index,distill,binarize}] [--skip-distill]
+        [--until {normalize,clean,spm,index,distill,binarize}] [--skip-distill] [--merge-runs 3]
     python -m pipeline.benchmarks.scale --quick      # a few thousand pairs: the test suite's check
 
 For each size, a deterministic synthetic parallel corpus (no download; see `generate`) is taken
@@ -14,10 +14,13 @@ distilled corpus (fairseq-preprocess with a fixed dictionary, as distill_binariz
 itself is replaced by pipeline.benchmarks.nbest_standin (n-best lists derived from the reference,
 labelled as the stand-in in the table): decoding speed is measured by pipeline.benchmarks.ct2_vs_fairseq.
 
-Printed per stage and size: wall time, seconds per million pairs, CPU time, and peak RSS (ru_maxrss
+Printed per stage and size: wall time, seconds per million pairs, CPU time (and the kernel's part of
+it), and peak RSS (ru_maxrss
 from wait4 of the stage process: the largest process of the stage, including its pool workers; a
 stage with --workers N holds up to N+1 such processes); for shard jobs the wall time is the sum over
-shards (the work a cluster spreads), the peak RSS the largest shard's. Then the ratios between sizes:
+shards (the work a cluster spreads), the peak RSS the largest shard's. Every stage starts on a synced
+file system. The merge, a few seconds mostly spent in the kernel, runs --merge-runs times (the median
+in the table, every run listed). Then the ratios between sizes:
 peak RSS of the largest size over the smallest, and time per million pairs of the largest over the
 second largest (linear scaling: about 1), and the merge's time over the post-processing it replaces.
 The big sizes need about 3 GB of disk per million pairs while a size runs (deleted after it, unless --keep).
@@ -124,11 +127,24 @@ class Run:
     wall_s: float
     cpu_s: float
     peak_rss_mib: float
+    system_s: float = 0.0  # the kernel's share of cpu_s
+    walls: list[float] | None = None  # every run's wall time, where the stage was run more than once
+
+
+def median_run(runs: list[Run]) -> Run:
+    """The run of median wall time, with every run's wall time recorded."""
+    chosen = sorted(runs, key=lambda r: r.wall_s)[len(runs) // 2]
+    return Run(chosen.wall_s, chosen.cpu_s, max(r.peak_rss_mib for r in runs), chosen.system_s, [r.wall_s for r in runs])
 
 
 def measure(cmd: list[str], log: Path) -> Run:
-    """Run cmd as a child process; wall time, CPU time and peak RSS of that very process (wait4)."""
+    """Run cmd as a child process; wall time, CPU time and peak RSS of that very process (wait4).
+
+    The file system is synced first, so that a stage is not charged for the write-back of the pages an
+    earlier stage left dirty (the kernel's time of an I/O-bound stage depends on them).
+    """
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
+    os.sync()
     with log.open("a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
@@ -139,14 +155,15 @@ def measure(cmd: list[str], log: Path) -> Run:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"stage failed ({proc.returncode}): {' '.join(cmd)}\n{log.read_text()[-3000:]}")
-    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, usage.ru_stime)
 
 
 def measure_many(cmds: list[list[str]], log: Path, jobs: int) -> Run:
     """Shard jobs, `jobs` at a time: summed wall and CPU times, the largest peak RSS."""
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         runs = list(pool.map(lambda c: measure(c, log), cmds))
-    return Run(sum(r.wall_s for r in runs), sum(r.cpu_s for r in runs), max(r.peak_rss_mib for r in runs))
+    return Run(sum(r.wall_s for r in runs), sum(r.cpu_s for r in runs), max(r.peak_rss_mib for r in runs),
+               sum(r.system_s for r in runs))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,11 +253,14 @@ def run_size(pairs: int, root: Path, spm_dir: Path, args: argparse.Namespace, lo
         "--spm-model", model, "--out-dir", p, "--selection", args.selection)
         for k, (f, p) in enumerate(zip(shard_files, parts, strict=True))], log, args.jobs)
     out = d / "distill/merged"
-    runs["merge"] = measure(py(
+    merge_cmd = py(
         "pipeline.distill.merge", "--index", index, "--num-shards", shards, "--parts", *parts,
         "--out-src", out / f"train.{SRC}", "--out-tgt", out / f"train.{TGT}", "--out-ids", out / "train.ids",
         "--text-src", out / f"train.{SRC}.txt", "--text-tgt", out / f"train.{TGT}.txt", "--stats", out / "stats.json",
-        "--fail-fallback-share", 1.0), log)
+        "--fail-fallback-share", 1.0)
+    # a few seconds of mostly kernel time, whose amount depends on the memory the VM or OS has at hand:
+    # the median of a few runs (each replaces the outputs of the one before)
+    runs["merge"] = median_run([measure(merge_cmd, log) for _ in range(args.merge_runs)])
     if last == UNTIL.index("distill"):
         return done()
     runs["binarize (fairseq-preprocess)"] = measure(binarize_cmd(out / "train", d / "distill/bin", spm_dir, args.workers), log)
@@ -258,13 +278,14 @@ def _fmt_size(n: int) -> str:
 def tables(results: dict[int, dict[str, Run]]) -> str:
     sizes = sorted(results)
     stages = list(dict.fromkeys(s for size in sizes for s in results[size]))
-    lines = ["| stage | pairs | wall (s) | s per 1M pairs | CPU (s) | peak RSS (MiB) |", "|---|---|---|---|---|---|"]
+    lines = ["| stage | pairs | wall (s) | s per 1M pairs | CPU (s) | of it kernel (s) | peak RSS (MiB) |",
+             "|---|---|---|---|---|---|---|"]
     for stage in stages:
         for size in sizes:
             r = results[size].get(stage)
             if r is not None:
                 lines.append(f"| {stage} | {_fmt_size(size)} | {r.wall_s:.2f} | {r.wall_s / size * 1e6:.1f} | "
-                             f"{r.cpu_s:.2f} | {r.peak_rss_mib:.0f} |")
+                             f"{r.cpu_s:.2f} | {r.system_s:.2f} | {r.peak_rss_mib:.0f} |")
     if len(sizes) > 1:
         big, second, small = sizes[-1], sizes[-2], sizes[0]
         lines += ["", f"| stage | peak RSS {_fmt_size(big)} / {_fmt_size(small)} | s per 1M pairs {_fmt_size(big)} / "
@@ -279,6 +300,9 @@ def tables(results: dict[int, dict[str, Run]]) -> str:
         merge, post = results[size].get("merge"), results[size].get("post-process (sum of shard jobs)")
         if merge and post:
             lines.append(f"merge / post-processing at {_fmt_size(size)} pairs: {merge.wall_s / post.wall_s:.1%} of the wall time")
+        if merge and merge.walls and len(merge.walls) > 1:
+            lines.append(f"merge at {_fmt_size(size)} pairs, every run's wall time (s): "
+                         f"{', '.join(f'{w:.2f}' for w in merge.walls)} (the table: the median)")
     return "\n".join(lines)
 
 
@@ -303,6 +327,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory, removed")
     parser.add_argument("--keep", action="store_true", help="keep each size's files")
     parser.add_argument("--json", type=Path, default=None, help="also write the measurements here")
+    parser.add_argument("--merge-runs", type=int, default=3, help="runs of the merge, the median reported")
     parser.add_argument("--generate", nargs=2, metavar=("PAIRS", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate:

@@ -31,36 +31,41 @@ def copy_lines(path: str | os.PathLike, out) -> tuple[int, bool]:
     and whether it ends with a newline (an empty file does), so that a caller can refuse a last line that
     would run into the next file's first.
 
-    The lines are counted in one pass of reads into a reused buffer, then the bytes are copied inside the
-    kernel (os.copy_file_range): no second copy through user space, which is where most of a merge's time
-    went (kernel time, growing faster than the bytes once writes pass the dirty-page limits). Where the
-    kernel cannot (another file system, an old kernel, a stream that is no file) the blocks are written
-    from user space as before.
+    Where `out` is a file and the kernel can copy between files (os.copy_file_range), the lines are counted
+    in one pass of reads into a reused buffer and the bytes copied inside the kernel: no second copy through
+    user space, where most of a merge's time (kernel time) went. Otherwise (another file system, an old
+    kernel, a stream that is no file) one pass writes the blocks from user space and counts them.
     """
-    n, last = 0, b"\n"
-    buf = bytearray(COPY_BLOCK)
     with Path(path).open("rb") as f:  # (Path.open: where the merge's kill test interrupts it)
-        size = 0
-        while k := f.readinto(buf):
-            n += buf.count(b"\n", 0, k)
-            last = buf[k - 1:k]
-            size += k
-        f.seek(0)
-        out.flush()  # what `out` holds goes first
-        if not _copy_in_kernel(f, out, size):
-            for block in iter(lambda: f.read(COPY_BLOCK), b""):
-                out.write(block)
+        fd_out = _file_descriptor(out) if hasattr(os, "copy_file_range") else None
+        if fd_out is not None:
+            n, last, size = 0, b"\n", 0
+            buf = bytearray(COPY_BLOCK)
+            while k := f.readinto(buf):
+                n += buf.count(b"\n", 0, k)
+                last = buf[k - 1:k]
+                size += k
+            f.seek(0)
+            out.flush()  # what `out` holds goes first
+            if _copy_in_kernel(f, fd_out, size):
+                return n, last == b"\n"
+        n, last = 0, b"\n"
+        for block in iter(lambda: f.read(COPY_BLOCK), b""):
+            out.write(block)
+            n += block.count(b"\n")
+            last = block[-1:]
     return n, last == b"\n"
 
 
-def _copy_in_kernel(f, out, size: int) -> bool:
-    """Copy `size` bytes from f's start to out's position by os.copy_file_range; False where it cannot start."""
+def _file_descriptor(out) -> int | None:
     try:
-        fd_out = out.fileno()
+        return out.fileno()
     except (AttributeError, OSError):  # (io.UnsupportedOperation is an OSError)
-        return False
-    if not hasattr(os, "copy_file_range"):
-        return False
+        return None
+
+
+def _copy_in_kernel(f, fd_out: int, size: int) -> bool:
+    """Copy `size` bytes from f's start to fd_out's position by os.copy_file_range; False where it cannot start."""
     copied = 0
     while copied < size:
         try:

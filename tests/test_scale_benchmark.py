@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 STAGES = ["normalize (de)", "normalize (en)", "clean", "spm train (once, bounded sample)", "spm encode (de)",
@@ -45,3 +46,20 @@ def test_scale_benchmark_can_binarise_the_cleaned_corpus_instead_of_distilling()
     ran = [stage for stage in STAGES if f"| {stage} | 2,000 |" in proc.stdout]
     assert ran == STAGES[:STAGES.index("shard index") + 1]
     assert "| binarize (fairseq-preprocess, cleaned corpus) | 2,000 |" in proc.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "POSIX_FADV_DONTNEED") or not os.path.isdir("/proc/self/fd"), reason="Linux only")
+def test_a_measured_stage_reads_its_cold_inputs_from_disk(tmp_path, monkeypatch):
+    """measure(cold=...) syncs, then drops each named file from the page cache, before the stage starts."""
+    from pipeline.benchmarks import scale
+
+    files = [tmp_path / "a", tmp_path / "b"]
+    for f in files:
+        f.write_text("x\n")
+    events = []
+    monkeypatch.setattr(os, "sync", lambda: events.append("sync"))
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: events.append(
+        (os.readlink(f"/proc/self/fd/{fd}"), offset, length, advice)), raising=False)
+    run = scale.measure([sys.executable, "-c", "pass"], tmp_path / "log", cold=files)
+    assert run.wall_s > 0
+    assert events == ["sync"] + [(str(f), 0, 0, os.POSIX_FADV_DONTNEED) for f in files]

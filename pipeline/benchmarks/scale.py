@@ -20,7 +20,8 @@ from wait4 of the stage process: the largest process of the stage, including its
 stage with --workers N holds up to N+1 such processes); for shard jobs the wall time is the sum over
 shards (the work a cluster spreads), the peak RSS the largest shard's. Every stage starts on a synced
 file system. The merge, a few seconds mostly spent in the kernel, runs --merge-runs times (the median
-in the table, every run listed). Then the ratios between sizes:
+in the table, every run listed), each with its inputs first dropped from the page cache, so that every
+size reads them from disk. Then the ratios between sizes:
 peak RSS of the largest size over the smallest, and time per million pairs of the largest over the
 second largest (linear scaling: about 1), and the merge's time over the post-processing it replaces.
 The big sizes need about 3 GB of disk per million pairs while a size runs (deleted after it, unless --keep).
@@ -137,14 +138,17 @@ def median_run(runs: list[Run]) -> Run:
     return Run(chosen.wall_s, chosen.cpu_s, max(r.peak_rss_mib for r in runs), chosen.system_s, [r.wall_s for r in runs])
 
 
-def measure(cmd: list[str], log: Path) -> Run:
+def measure(cmd: list[str], log: Path, cold: list[Path] = ()) -> Run:
     """Run cmd as a child process; wall time, CPU time and peak RSS of that very process (wait4).
 
     The file system is synced first, so that a stage is not charged for the write-back of the pages an
-    earlier stage left dirty (the kernel's time of an I/O-bound stage depends on them).
+    earlier stage left dirty (the kernel's time of an I/O-bound stage depends on them). The files in
+    `cold` then leave the page cache: the stage reads them from disk.
     """
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
     os.sync()
+    for path in cold:
+        drop_from_page_cache(path)
     with log.open("a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
@@ -156,6 +160,13 @@ def measure(cmd: list[str], log: Path) -> Run:
     if proc.returncode != 0:
         raise SystemExit(f"stage failed ({proc.returncode}): {' '.join(cmd)}\n{log.read_text()[-3000:]}")
     return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, usage.ru_stime)
+
+
+def drop_from_page_cache(path: Path) -> None:
+    """Tell the kernel the file's (clean) pages may go; nothing where the system has no posix_fadvise."""
+    if hasattr(os, "posix_fadvise"):
+        with path.open("rb") as f:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def measure_many(cmds: list[list[str]], log: Path, jobs: int) -> Run:
@@ -188,6 +199,7 @@ def binarize_cmd(trainpref: Path, destdir: Path, spm_dir: Path, workers: int) ->
 
 
 def run_size(pairs: int, root: Path, spm_dir: Path, args: argparse.Namespace, log: Path) -> dict[str, Run]:
+    from pipeline.distill.postprocess import PART_FILES
     from pipeline.distill.shards import shard_filename
 
     d = root / f"n{pairs}"
@@ -258,9 +270,12 @@ def run_size(pairs: int, root: Path, spm_dir: Path, args: argparse.Namespace, lo
         "--out-src", out / f"train.{SRC}", "--out-tgt", out / f"train.{TGT}", "--out-ids", out / "train.ids",
         "--text-src", out / f"train.{SRC}.txt", "--text-tgt", out / f"train.{TGT}.txt", "--stats", out / "stats.json",
         "--fail-fallback-share", 1.0)
-    # a few seconds of mostly kernel time, whose amount depends on the memory the VM or OS has at hand:
-    # the median of a few runs (each replaces the outputs of the one before)
-    runs["merge"] = median_run([measure(merge_cmd, log) for _ in range(args.merge_runs)])
+    # A few seconds, mostly the kernel's, which depend on where the parts are: some still in the page cache,
+    # some paged out, a share that grows with the time post-processing took, so with the size (this VM pages
+    # out what was not touched for a minute). Every run starts with the parts out of the cache, as a cluster
+    # job finds the parts other nodes wrote; the median of a few runs (each replaces the one before's outputs).
+    part_files = [p / name for p in parts for name in PART_FILES]
+    runs["merge"] = median_run([measure(merge_cmd, log, cold=part_files) for _ in range(args.merge_runs)])
     if last == UNTIL.index("distill"):
         return done()
     runs["binarize (fairseq-preprocess)"] = measure(binarize_cmd(out / "train", d / "distill/bin", spm_dir, args.workers), log)

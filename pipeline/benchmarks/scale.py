@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -138,7 +139,7 @@ def median_run(runs: list[Run]) -> Run:
     return Run(chosen.wall_s, chosen.cpu_s, max(r.peak_rss_mib for r in runs), chosen.system_s, [r.wall_s for r in runs])
 
 
-def measure(cmd: list[str], log: Path, cold: list[Path] = ()) -> Run:
+def measure(cmd: list[str], log: Path, cold: Sequence[Path] = ()) -> Run:
     """Run cmd as a child process; wall time, CPU time and peak RSS of that very process (wait4).
 
     The file system is synced first, so that a stage is not charged for the write-back of the pages an

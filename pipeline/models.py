@@ -123,7 +123,8 @@ def lr_schedule_args(t: dict) -> list[str]:
     """inverse_sqrt (fairseq's Transformer default) or linear: warm-up, then straight down to 0 at max_update.
 
     A short run ends at a high learning rate under inverse_sqrt (still lr * sqrt(warmup / updates));
-    linear decay anneals the last updates, which is what a budget of a few epochs needs.
+    linear decay anneals the last updates, but takes smaller steps all along: a model still learning fast
+    at the end of its budget (the demo's students: docs/results.md) does better under inverse_sqrt.
     """
     warmup = str(t["warmup_updates"])
     if t["lr_scheduler"] == "linear":

@@ -257,3 +257,30 @@ def test_allocator_benchmark_times_both_variants(smoke_data: Path):
     assert all(float(ms) > 0 and int(rss.replace(",", "")) > 50 for _, ms, rss in runs)
     ratio = float(re.search(r"ratio with / without: ([0-9.]+)", proc.stdout).group(1))
     assert ratio == pytest.approx(float(runs[1][1]) / float(runs[0][1]), rel=0.05)
+
+
+def test_thread_sharing_benchmark_times_all_three_ways(smoke_data: Path):
+    """python -m pipeline.benchmarks.train_threads on the tiny preset: one job at 2 threads, one at 1, two side by
+    side; the printed speed-up and throughput are the ratios of the printed times."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline.benchmarks.train_threads",
+                           "--data", str(data_dir(smoke_data) / "bin"), "--preset", "tiny", "--updates", "12",
+                           "--interval", "4", "--max-tokens", "1000", "--reps", "1", "--cores", "2"],
+                          capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    together = float(re.search(r"1 job at 2 threads +([0-9.]+) ms/update", proc.stdout).group(1))
+    alone, speedup = re.search(r"1 job at 1 thread +([0-9.]+) ms/update \(2 threads' speed-up ([0-9.]+)x\)",
+                               proc.stdout).groups()
+    shared = float(re.search(r"2 jobs at 1 thread each +([0-9.]+) ms/update per job", proc.stdout).group(1))
+    per_job = re.search(r"side by side +([0-9.]+), +([0-9.]+)$", proc.stdout, re.MULTILINE).groups()
+    assert shared == pytest.approx(max(float(ms) for ms in per_job), abs=0.1)
+    assert float(speedup) == pytest.approx(float(alone) / together, rel=0.02)
+    throughput = float(re.search(r"throughput of 2 jobs at 1 thread / 1 job at 2 threads: ([0-9.]+)",
+                                 proc.stdout).group(1))
+    assert throughput == pytest.approx(2 * together / shared, rel=0.02)
+    assert min(together, float(alone), shared) > 0
+
+
+def test_thread_sharing_benchmark_needs_two_cores(tmp_path: Path):
+    proc = subprocess.run([sys.executable, "-m", "pipeline.benchmarks.train_threads", "--data", str(tmp_path), "--cores", "1"],
+                          capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 2 and "--cores must be at least 2" in proc.stderr

@@ -140,13 +140,16 @@ def check_train_settings(where: str, t: dict) -> None:
 
 
 def extra_args(options: dict) -> list[str]:
-    """A map of fairseq-train options, passed through untouched: {"--clip-norm": 0.1, "--fp16-no-flatten-grads": true}."""
+    """A map of fairseq-train options, passed through untouched: {"--clip-norm": 0.1, "--fp16-no-flatten-grads": true}.
+
+    true: the bare flag; false or null: left out; any other value, 0 included, follows its flag.
+    """
     args: list[str] = []
     for key, value in options.items():
         flag = key if key.startswith("--") else f"--{key}"
         if value is True:
             args.append(flag)
-        elif value not in (False, None):
+        elif value is not False and value is not None:  # not `in (False, None)`: 0 == False would drop --dropout 0
             args += [flag, str(value)]
     return args
 

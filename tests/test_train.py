@@ -19,7 +19,7 @@ from conftest import REPO, SNAKEMAKE, data_dir, model_dir, snakemake, write_conf
 
 from pipeline import checkpoints
 from pipeline.errors import ConfigError
-from pipeline.models import fairseq_train_args, model_specs
+from pipeline.models import extra_args, fairseq_train_args, model_specs
 from pipeline.train import ALLOCATOR_ENV, train_env
 
 
@@ -202,6 +202,18 @@ def test_student_specs_expand_alpha_and_temperature():
     assert args[args.index("--criterion") + 1] == "word_kd"
     assert args[args.index("--kd-alpha") + 1] == "0.9"
     assert "--teacher-path" not in fairseq_train_args(specs["student_baseline"], "t.pt")
+
+
+def test_extra_args_keep_zero_values():
+    # 0 == False in Python: a `value in (False, None)` test dropped {--dropout: 0.0} without a word
+    assert extra_args({"--dropout": 0.0, "clip-norm": 0, "--fp16-no-flatten-grads": True, "--a": False,
+                       "--b": None}) == ["--dropout", "0.0", "--clip-norm", "0", "--fp16-no-flatten-grads"]
+    config = {"train": {**DEFAULT_TRAIN}, "teacher": {**DEFAULT_TEACHER, "preset": "tiny"},
+              "students": {"preset": "tiny", "variants": ["baseline"], "alpha": [0.5], "temperature": [1.0],
+                           "train": {"extra_args": {"--dropout": 0.0}}}}
+    args = fairseq_train_args(model_specs(config)["student_baseline"], "t.pt")
+    # last on the command line, after the preset's --dropout (pipeline.train), so fairseq takes it
+    assert args[-2:] == ["--dropout", "0.0"]
 
 
 def test_linear_lr_schedule_needs_max_update():

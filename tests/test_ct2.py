@@ -177,6 +177,35 @@ def test_benchmark_measures_each_compute_type_with_and_without_the_shortlist(tin
     assert report["cpu"]["int8_gemm"] in ("MKL", "oneDNN") and "| int8 GEMM variant |" in proc.stdout
 
 
+def test_speedup_benchmark_alternates_teacher_and_student_under_each_backend(tiny_teacher, converted, data, tmp_path):
+    """Both models of a pair decode the same sentences in alternating passes (teacher first in even rounds, student
+    first in odd ones); each round's speed-up is the teacher's seconds over the student's; a pair must share a backend."""
+    out = tmp_path / "speedup.json"
+    src = data / "spm" / "test.de"
+    proc = run_stage("pipeline.benchmarks.speedup", "--src", str(src), "--n", "40", "--rounds", "3", "--beam", "2",
+                     "--threads", "1", "--data", str(data / "bin"), "--pair", str(tiny_teacher), str(tiny_teacher),
+                     "--pair", str(converted), str(converted), "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["backend"] for r in report["pairs"]] == ["fairseq", "ctranslate2"]
+    assert report["search"]["beam"] == 2
+    for r in report["pairs"]:
+        assert r["sentences"] == 40
+        teacher, student, speedup = r["teacher"]["seconds"], r["student"]["seconds"], r["speedup"]
+        assert len(teacher) == len(student) == len(speedup["rounds"]) == 3
+        assert speedup["rounds"] == pytest.approx([t / s for t, s in zip(teacher, student, strict=True)])
+        assert speedup["min"] <= speedup["median"] <= speedup["max"]
+        assert r["student"]["sentences_per_s"] > 0 and r["teacher"]["runtime"]["device"] == "cpu"
+    order = [line.split("speedup | ")[1].split(":")[0] for line in proc.stderr.splitlines() if "speedup | round" in line]
+    assert order[:6] == ["round 1 teacher", "round 1 student", "round 2 student", "round 2 teacher",
+                         "round 3 teacher", "round 3 student"]
+    assert "| fairseq |" in proc.stdout and "| ctranslate2 |" in proc.stdout
+    mixed = run_stage("pipeline.benchmarks.speedup", "--src", str(src), "--n", "5", "--data", str(data / "bin"),
+                      "--pair", str(tiny_teacher), str(converted))
+    assert mixed.returncode == 2
+    assert f"--pair {tiny_teacher} {converted}: a fairseq teacher and a ctranslate2 student" in mixed.stderr
+
+
 XEON = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_int8\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\n"
 EPYC = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
 

@@ -82,12 +82,19 @@ def time_pair(teacher: Backend, student: Backend, lines: list[str], options: Sea
     return result
 
 
+def model_name(path: str) -> str:
+    """The model's directory name: work/models/<name>/model.pt and work/ct2/<name> alike."""
+    p = Path(path)
+    return p.parent.name if p.suffix == ".pt" else p.name
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    rows = ["| backend | teacher sent/s | student sent/s | speed-up (median) | min–max over rounds | rounds |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| backend | teacher | student | teacher sent/s | student sent/s | speed-up (median) | min–max over rounds "
+            "| rounds |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         s = r["speedup"]
-        rows.append(f"| {r['backend']} | {r['teacher']['sentences_per_s']:.1f} | {r['student']['sentences_per_s']:.1f} "
+        rows.append(f"| {r['backend']} | {model_name(r['teacher']['model'])} | {model_name(r['student']['model'])} "
+                    f"| {r['teacher']['sentences_per_s']:.1f} | {r['student']['sentences_per_s']:.1f} "
                     f"| {s['median']:.2f}× | {s['min']:.2f}–{s['max']:.2f}× | {len(s['rounds'])} |")
     return "\n".join(rows)
 

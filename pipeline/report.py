@@ -4,6 +4,7 @@
         --csv results/<experiment>/summary.csv --best-csv results/<experiment>/summary_best.csv --md results/<experiment>/summary.md \
         --plots results/<experiment>/plots [--ct2-evals results/<experiment>/eval/*/*.ct2-*.json --ct2-csv results/<experiment>/summary_ct2.csv]
         [--distill-stats work/distill/<dir>/stats.json]
+        [--speedups results/<experiment>/eval/*/*.speedup-*.json --speedup-csv results/<experiment>/summary_speedup.csv]
 
 BLEU/chrF are beam-search scores; speeds are sentences per second. Each evaluation carries its model's
 spec.json (key "spec", written by the workflow beside model.pt): variant, alpha, temperature and seed
@@ -21,6 +22,10 @@ seeds get the mean and sample standard deviation over the seeds of their (varian
 CTranslate2 evaluations (evaluate.backends) add a table and their points in the speed plot: per model,
 set and compute type, BLEU and speed against the same model under fairseq (what quantisation costs
 and buys) and the speed-up against the fairseq teacher.
+Speed-ups "vs teacher" of the tables are ratios of speeds measured in separate evaluation jobs, which drift apart
+on a shared machine; --speedups (pipeline.benchmarks.speedup, rule speedup_vs_teacher) add each student's
+speed-up timed beside the teacher in one job, passes alternating, per backend: the median over the rounds with
+its range, in a table of their own (--speedup-csv) and beside the chosen students.
 Students on distilled targets (spec "targets": "distilled") show the distillation's fallback share
 (work/distill/<dir>/stats.json "fallback_share": pairs whose target the filters replaced by the reference
 or dropped): a student with a high share learnt mostly the references.
@@ -54,12 +59,13 @@ COLUMNS = [
     "bleu_greedy", "delta_bleu_vs_baseline", "p_vs_baseline", "delta_bleu_vs_teacher", "p_vs_teacher", "baseline_model",
     "seeds", "bleu_mean_over_seeds", "bleu_sd_over_seeds", "chrf_mean_over_seeds", "chrf_sd_over_seeds", "chosen_on",
     "parameters", "size_mb", "sent_per_s_greedy", "sent_per_s_beam", "speedup_vs_teacher", "bootstrap_samples",
-    "bootstrap_seed", "fallback_share",
+    "bootstrap_seed", "fallback_share", "speedup_side_by_side",
 ]
 BEST_COLUMNS = [
     "variant", "model", "alpha", "temperature", "seed", "chosen_on", "chosen_on_bleu", "set", "bleu",
     "bleu_bootstrap_mean", "bleu_ci95", "chrf", "delta_bleu_vs_baseline", "p_vs_baseline", "delta_bleu_vs_teacher",
-    "p_vs_teacher", "baseline_model", "sent_per_s_beam", "speedup_vs_teacher", "bootstrap_samples", "bootstrap_seed",
+    "p_vs_teacher", "baseline_model", "sent_per_s_beam", "speedup_vs_teacher", "speedup_side_by_side", "bootstrap_samples",
+    "bootstrap_seed",
 ]
 CT2_COLUMNS = [
     "set", "model", "compute_type", "runs_as", "vmap", "bleu", "chrf", "bleu_greedy", "delta_bleu_vs_fairseq",
@@ -125,6 +131,58 @@ def load_ct2_row(path: Path) -> dict:
         }
     except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
         raise DataError(f"{path}: not a CTranslate2 evaluation result of pipeline.evaluate ({err})") from None
+
+
+SPEEDUP_COLUMNS = [
+    "set", "model", "teacher", "backend", "compute_type", "runs_as", "vmap", "sentences", "rounds", "teacher_sent_per_s",
+    "student_sent_per_s", "speedup_median", "speedup_min", "speedup_max",
+]
+
+
+def load_speedup_rows(path: Path) -> list[dict]:
+    """One row per pair of a pipeline.benchmarks.speedup result: the student's speed-up over its teacher, timed
+    side by side (median, min and max over the rounds)."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        rows = []
+        for pair in result["pairs"]:
+            runtime = pair["student"].get("runtime") or {}
+            ct2 = pair["backend"] == "ctranslate2"
+            rows.append({
+                "set": result["set"], "model": pair["student"]["name"], "teacher": pair["teacher"]["name"],
+                "backend": pair["backend"], "compute_type": runtime.get("requested_compute_type") if ct2 else None,
+                "runs_as": runtime.get("compute_type") if ct2 else None,
+                "vmap": bool(runtime.get("vocabulary_shortlist", False)), "sentences": pair["sentences"],
+                "rounds": len(pair["speedup"]["rounds"]), "teacher_sent_per_s": pair["teacher"]["sentences_per_s"],
+                "student_sent_per_s": pair["student"]["sentences_per_s"], "speedup_median": pair["speedup"]["median"],
+                "speedup_min": pair["speedup"]["min"], "speedup_max": pair["speedup"]["max"], "path": path,
+            })
+        if not rows or rows[0]["set"] is None:
+            raise KeyError("set" if rows else "pairs")
+        return rows
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not a side-by-side speed-up of pipeline.benchmarks.speedup --set ({type(err).__name__}: "
+                        f"{err})") from None
+
+
+def backend_label(r: dict) -> str:
+    """fairseq, or CTranslate2 with its compute type (and what it ran as, where that differs)."""
+    if r["backend"] != "ctranslate2":
+        return r["backend"]
+    label = f"CTranslate2 {r['compute_type']}" + ("" if r["runs_as"] in (None, r["compute_type"]) else f" (runs as {r['runs_as']})")
+    return label + (" + vocabulary shortlist" if r["vmap"] else "")
+
+
+def add_side_by_side(rows: list[dict], speedups: list[dict], teacher: str | None) -> None:
+    """speedup_side_by_side on the rows of the sets measured: the fairseq median of each student against this
+    report's teacher (the evaluations' speeds are fairseq's); a measurement against another teacher is refused."""
+    for s in speedups:
+        if teacher is not None and s["teacher"] != teacher:
+            raise DataError(f"{s['path']}: {s['model']} timed beside '{s['teacher']}', but the report's teacher is "
+                            f"'{teacher}'")
+    fairseq = {(s["set"], s["model"]): s["speedup_median"] for s in speedups if s["backend"] == "fairseq"}
+    for r in rows:
+        r["speedup_side_by_side"] = fairseq.get((r["set"], r["model"]))
 
 
 def first_of_variant(rows: list[dict], variant: str) -> dict | None:
@@ -337,16 +395,43 @@ def markdown_intro(report_set: str, choose_on: str, sets: list[str], baseline_mo
     return ["# Summary", "", choice, "", test, ""]
 
 
-def markdown_best(best: list[dict], choose_on: str, report_set: str) -> list[str]:
+def markdown_best(best: list[dict], choose_on: str, report_set: str, speedups: list[dict]) -> list[str]:
     if not best:
         return []
     head = ["variant", "model", "α", "T", "seed", f"{choose_on} BLEU (chosen by)", f"{report_set} BLEU",
-            "95% CI", "Δ vs baseline", "p vs baseline", "Δ vs teacher", "p vs teacher", "speed-up vs teacher (beam)"]
+            "95% CI", "Δ vs baseline", "p vs baseline", "Δ vs teacher", "p vs teacher",
+            "speed-up vs teacher (beam, separate jobs)"]
+    if speedups:
+        head.append("speed-up vs teacher (beam, side by side)")
+
+    def side_by_side(r: dict) -> list[str]:
+        if not speedups:
+            return []
+        mine = [s for s in speedups if s["model"] == r["model"] and s["set"] == report_set]
+        return ["; ".join(f"{backend_label(s)} {s['speedup_median']:.2f}×" for s in mine) or "–"]
+
     body = [[r["variant"], r["model"], fmt(r["alpha"]), fmt(r["temperature"]), fmt(r["seed"]), fmt(r["chosen_on_bleu"]),
              fmt(r.get("bleu")), ci(r), signed(r.get("delta_bleu_vs_baseline")), p_value(r.get("p_vs_baseline")),
-             signed(r.get("delta_bleu_vs_teacher")), p_value(r.get("p_vs_teacher")), ratio(r.get("speedup_vs_teacher"))]
+             signed(r.get("delta_bleu_vs_teacher")), p_value(r.get("p_vs_teacher")), ratio(r.get("speedup_vs_teacher")),
+             *side_by_side(r)]
             for r in best]
     return [f"## Best student per variant: chosen on {choose_on}, reported on {report_set}", "", *table(head, body), ""]
+
+
+def markdown_speedups(speedups: list[dict]) -> list[str]:
+    """Each student's speed-up timed beside the teacher, per set and backend."""
+    if not speedups:
+        return []
+    head = ["model", "teacher", "backend", "set", "rounds", "teacher sent/s", "student sent/s", "speed-up (median)",
+            "min–max over rounds"]
+    body = [[s["model"], s["teacher"], backend_label(s), s["set"], str(s["rounds"]), fmt(s["teacher_sent_per_s"], 1),
+             fmt(s["student_sent_per_s"], 1), ratio(s["speedup_median"]),
+             f"{s['speedup_min']:.2f}–{s['speedup_max']:.2f}×"] for s in speedups]
+    return ["## Speed-up against the teacher, timed side by side", "",
+            "Each student and the teacher decode the same sentences with beam search in one job, passes alternating "
+            "(pipeline.benchmarks.speedup; evaluate.speedup_rounds passes each): a drift of the machine's speed falls "
+            "on both. The tables' other speed-ups divide speeds from separate evaluation jobs.", "",
+            *table(head, body), ""]
 
 
 def markdown_set(rows: list[dict], role: str, note: str | None = None) -> list[str]:
@@ -531,6 +616,9 @@ def main() -> None:
                         help="CTranslate2 evaluation JSON files (results/<experiment>/eval/<model>/<set>.ct2-<type>.json)")
     parser.add_argument("--ct2-csv", type=Path, help="their table as CSV (with --ct2-evals)")
     parser.add_argument("--distill-stats", type=Path, help="work/distill/<dir>/stats.json: the fallback share of distilled students")
+    parser.add_argument("--speedups", type=Path, nargs="*", default=[],
+                        help="pipeline.benchmarks.speedup results (results/<experiment>/eval/<model>/<set>.speedup-<backend>.json)")
+    parser.add_argument("--speedup-csv", type=Path, help="their table as CSV (with --speedups)")
     args = parser.parse_args()
     if args.bootstrap_samples < 1 or args.bootstrap_seed < 1:
         parser.error("--bootstrap-samples and --bootstrap-seed must be positive (sacreBLEU takes seed 0 for unseeded)")
@@ -553,18 +641,26 @@ def main() -> None:
         signature = signature or set_signature
         for r in group:
             r["chosen_on"] = args.choose_on if r["model"] in chosen_models else None
-    best = best_rows(chosen, sets[args.report_set], args.choose_on)
     order = [args.report_set] + [name for name in sets if name != args.report_set]
     ordered = [r for name in order for r in sets[name]]
     ct2_rows = summarize_ct2([load_ct2_row(p) for p in args.ct2_evals], ordered)
+    speedups = sorted((s for p in args.speedups for s in load_speedup_rows(p)),
+                      key=lambda s: (order.index(s["set"]) if s["set"] in order else len(order), s["model"],
+                                     s["backend"] != "fairseq", s["compute_type"] or ""))
+    teacher_row = first_of_variant(ordered, TEACHER)
+    add_side_by_side(ordered, speedups, teacher_row["model"] if teacher_row else None)
+    best = best_rows(chosen, sets[args.report_set], args.choose_on)
 
     write_csv(args.csv, COLUMNS, ordered)
     if args.best_csv:
         write_csv(args.best_csv, BEST_COLUMNS, best)
     if args.ct2_csv:
         write_csv(args.ct2_csv, CT2_COLUMNS, ct2_rows)
+    if args.speedup_csv:
+        write_csv(args.speedup_csv, SPEEDUP_COLUMNS, speedups)
     md = markdown_intro(args.report_set, args.choose_on, list(sets), baseline_model, settings, signature)
-    md += markdown_best(best, args.choose_on, args.report_set)
+    md += markdown_best(best, args.choose_on, args.report_set, speedups)
+    md += markdown_speedups(speedups)
     for name in order:
         roles = [role for role, set_name in (("results", args.report_set), ("choices", args.choose_on)) if name == set_name]
         md += markdown_set(sets[name], f" ({' and '.join(roles)})" if roles else "", notes[name])

@@ -184,11 +184,14 @@ def test_speedup_benchmark_alternates_teacher_and_student_under_each_backend(tin
     src = data / "spm" / "test.de"
     proc = run_stage("pipeline.benchmarks.speedup", "--src", str(src), "--n", "40", "--rounds", "3", "--beam", "2",
                      "--threads", "1", "--data", str(data / "bin"), "--pair", str(tiny_teacher), str(tiny_teacher),
-                     "--pair", str(converted), str(converted), "--json", str(out))
+                     "--pair", str(converted), str(converted), "--names", "teacher", "student_x", "--names", "teacher",
+                     "student_y", "--set", "test", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert [r["backend"] for r in report["pairs"]] == ["fairseq", "ctranslate2"]
-    assert report["search"]["beam"] == 2
+    assert [(r["teacher"]["name"], r["student"]["name"]) for r in report["pairs"]] == [("teacher", "student_x"),
+                                                                                       ("teacher", "student_y")]
+    assert report["search"]["beam"] == 2 and report["set"] == "test"
     for r in report["pairs"]:
         assert r["sentences"] == 40
         teacher, student, speedup = r["teacher"]["seconds"], r["student"]["seconds"], r["speedup"]
@@ -204,6 +207,9 @@ def test_speedup_benchmark_alternates_teacher_and_student_under_each_backend(tin
                       "--pair", str(tiny_teacher), str(converted))
     assert mixed.returncode == 2
     assert f"--pair {tiny_teacher} {converted}: a fairseq teacher and a ctranslate2 student" in mixed.stderr
+    unnamed = run_stage("pipeline.benchmarks.speedup", "--src", str(src), "--pair", str(converted), str(converted),
+                        "--pair", str(converted), str(converted), "--names", "teacher", "student_x")
+    assert unnamed.returncode == 2 and "--names given 1 times for 2 --pair" in unnamed.stderr
 
 
 XEON = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_int8\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\n"

@@ -60,9 +60,30 @@ def test_summary_has_a_row_per_model(smoke_run):
     assert {r["compute_type"] for r in ct2_rows} == {"int8"}
     assert all(float(r["speedup_vs_fairseq"]) > 0 for r in ct2_rows)
     assert "CTranslate2 compute type" in md
+    # each student timed beside the teacher in one job per backend (evaluate.speedup_rounds: 2 in the smoke config)
+    with (results / "summary_speedup.csv").open() as f:
+        speedups = list(csv.DictReader(f))
+    students = sorted(m for m in VARIANT_MODELS if m != "teacher")
+    assert sorted((r["model"], r["backend"], r["compute_type"]) for r in speedups) == sorted(
+        (m, backend, ctype) for m in students for backend, ctype in (("fairseq", ""), ("ctranslate2", "int8")))
+    for r in speedups:
+        assert (r["teacher"], r["set"], r["rounds"]) == ("teacher", "test", "2")
+        assert int(r["sentences"]) == len(spm_test_lines(work))
+        assert float(r["speedup_min"]) <= float(r["speedup_median"]) <= float(r["speedup_max"])
+        tag = "fairseq" if r["backend"] == "fairseq" else "ct2-int8"
+        timed = json.loads((results / f"eval/{r['model']}/test.speedup-{tag}.json").read_text())
+        assert float(r["speedup_median"]) == pytest.approx(timed["pairs"][0]["speedup"]["median"])
+        if r["backend"] == "fairseq":
+            row = next(x for x in rows if x["model"] == r["model"])
+            assert float(row["speedup_side_by_side"]) == pytest.approx(float(r["speedup_median"]))
+    assert "## Speed-up against the teacher, timed side by side" in md
     for name in ("bleu_vs_speed", "bleu_vs_alpha", "training_curves"):
         png = (results / f"plots/{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def spm_test_lines(work: Path) -> list[str]:
+    return (data_dir(work) / "spm/test.de").read_text().splitlines()
 
 
 def test_every_model_translates_with_model_alone_and_carries_its_spec(smoke_run):
@@ -101,7 +122,7 @@ def test_html_report(smoke_run):
     snakemake(work, "all", "--report", "report.html", config=cfg)
     html = (work / "report.html").read_text(errors="replace")
     assert len(html) > 10000
-    for item in ("summary.csv", "bleu_vs_speed.png", "clean_stats.json", "stats.json"):
+    for item in ("summary.csv", "summary_speedup.csv", "bleu_vs_speed.png", "clean_stats.json", "stats.json"):
         assert item in html, item
 
 

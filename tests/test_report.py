@@ -298,3 +298,60 @@ def test_fallback_share_shown_for_students_on_distilled_targets_only(tmp_path: P
     write(stats, {"pairs_in": 10})  # a stats file without the share (made before the merge recorded it)
     proc = report(tmp_path, "--distill-stats", str(stats), more=(student,))
     assert proc.returncode != 0 and f"{stats}: no fallback_share" in proc.stderr
+
+
+def speedup_result(root: Path, student: str, backend: str, teacher_s: list[float], student_s: list[float],
+                   teacher: str = "teacher", compute_type: str | None = None) -> Path:
+    """A pipeline.benchmarks.speedup --json result of one pair (its layout; the real CLI's is tested in test_ct2)."""
+    runtime = {"device": "cpu"}
+    if compute_type:
+        runtime.update(backend="ctranslate2", compute_type=compute_type, requested_compute_type=compute_type,
+                       vocabulary_shortlist=False)
+    rounds = [t / s for t, s in zip(teacher_s, student_s, strict=True)]
+    pair = {"backend": backend, "device": "cpu", "sentences": 120,
+            "teacher": {"name": teacher, "model": f"work/x/{teacher}", "runtime": runtime, "seconds": teacher_s,
+                        "sentences_per_s": 120 / statistics.median(teacher_s)},
+            "student": {"name": student, "model": f"work/x/{student}", "runtime": runtime, "seconds": student_s,
+                        "sentences_per_s": 120 / statistics.median(student_s)},
+            "speedup": {"rounds": rounds, "median": statistics.median(rounds), "min": min(rounds), "max": max(rounds)}}
+    tag = "fairseq" if backend == "fairseq" else f"ct2-{compute_type}"
+    return write(root / f"eval/{student}/test.speedup-{tag}.json",
+                 {"set": "test", "src": "spm/test.de", "search": {"beam": 5}, "pairs": [pair]})
+
+
+def test_side_by_side_speedups_beside_the_chosen_students_and_in_their_own_table(tmp_path: Path):
+    """Each student's speed-up timed beside the teacher: the median of its rounds, per backend, in summary_speedup.csv,
+    the fairseq one in summary.csv's rows of that set and beside the chosen students; the separate jobs' ratio stays."""
+    evals = synthetic_run(tmp_path)
+    chosen = "student_seq_word_kd_a0.3_t1_s2"
+    speedups = [speedup_result(tmp_path, chosen, "fairseq", [3.0, 3.3, 3.6], [1.0, 1.2, 1.0]),
+                speedup_result(tmp_path, chosen, "ctranslate2", [1.0, 1.1, 1.2], [0.25, 0.5, 0.3], compute_type="int8"),
+                speedup_result(tmp_path, "student_baseline_s2", "fairseq", [3.0, 3.0, 3.0], [1.5, 1.5, 1.5])]
+    out = tmp_path / "summary_speedup.csv"
+    proc = run_report(tmp_path, evals, "--speedups", *map(str, speedups), "--speedup-csv", str(out))
+    assert proc.returncode == 0, proc.stderr
+    table = [(r["model"], r["backend"], r["compute_type"], r["rounds"], float(r["speedup_median"]), float(r["speedup_min"]),
+              float(r["speedup_max"])) for r in csv.DictReader(out.open())]
+    assert table == [("student_baseline_s2", "fairseq", "", "3", 2.0, 2.0, 2.0),
+                     (chosen, "fairseq", "", "3", 3.0, 2.75, 3.6),
+                     (chosen, "ctranslate2", "int8", "3", 4.0, 2.2, 4.0)]
+    rows = {(r["set"], r["model"]): r for r in csv.DictReader((tmp_path / "summary.csv").open())}
+    assert float(rows["test", chosen]["speedup_side_by_side"]) == 3.0
+    assert float(rows["test", chosen]["speedup_vs_teacher"]) == 2.5  # 250 / 100 sent/s: the evaluation jobs' ratio
+    assert rows["dev", chosen]["speedup_side_by_side"] == "" and rows["test", "teacher"]["speedup_side_by_side"] == ""
+    best = {r["variant"]: r for r in csv.DictReader((tmp_path / "summary_best.csv").open())}
+    assert float(best["seq_word_kd"]["speedup_side_by_side"]) == 3.0
+    md = (tmp_path / "summary.md").read_text()
+    assert "| speed-up vs teacher (beam, separate jobs) | speed-up vs teacher (beam, side by side) |" in md
+    assert "| 2.50× | fairseq 3.00×; CTranslate2 int8 4.00× |" in md
+    assert "## Speed-up against the teacher, timed side by side" in md
+    assert f"| {chosen} | teacher | CTranslate2 int8 | test | 3 | 109.1 | 400.0 | 4.00× | 2.20–4.00× |" in md
+
+    # a student timed beside another teacher is refused, naming the file; so is a file that is no such result
+    other = speedup_result(tmp_path / "other", chosen, "fairseq", [2.0], [1.0], teacher="teacher_2")
+    proc = run_report(tmp_path, evals, "--speedups", str(other))
+    assert proc.returncode == 2 and f"{other}: {chosen} timed beside 'teacher_2', but the report's teacher is 'teacher'" \
+        in proc.stderr
+    proc = run_report(tmp_path, evals, "--speedups", str(evals[0]))
+    assert proc.returncode == 2 and f"{evals[0]}: not a side-by-side speed-up of pipeline.benchmarks.speedup" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -58,22 +58,23 @@ class Target:
 DATA_RULES = {"fetch_corpus", "normalize", "clean_train", "spm_train", "spm_encode", "binarize"}
 PIPELINE_RULES = DATA_RULES | {"train_model", "distill_shard_index", "distill_decode_shard", "distill_postprocess",
                                 "distill_merge", "distill_binarize", "kdcache_shard",
-                                "evaluate_model", "ct2_convert", "evaluate_model_ct2", "report_summary"}
+                                "evaluate_model", "ct2_convert", "evaluate_model_ct2", "speedup_vs_teacher",
+                                "report_summary"}
 # The whole workflow on Slurm, on the smallest smoke plan that still has a job of every rule of
 # PIPELINE_RULES: one student, seq_word_kd (distilled targets and the teacher cache), one distillation
-# shard, one cache shard per split, one speed pass per evaluation. Every Slurm job costs two Snakemake
+# shard, one cache shard per split, one speed pass per evaluation and one round per side-by-side speed-up. Every Slurm job costs two Snakemake
 # starts and status polling on top of its work, and tests/test_pipeline.py runs the full smoke plan
 # (four students, three shards) locally: here the point is the cluster path, not the plan's breadth.
 PIPELINE_ON_SLURM = {
     "students": {"variants": ["seq_word_kd"], "kd_cache_shards": 1},
     "distill": {"shard_size": 100000},
-    "evaluate": {"speed_runs": 1},
+    "evaluate": {"speed_runs": 1, "speedup_rounds": 1},
 }
 TARGETS = [
     # the whole pipeline: data, teacher, distillation, a word-KD student on distilled data, evaluation, report
     Target("pipeline", ("all",), frozenset(PIPELINE_RULES),
            gpus={"train_model": 1, "distill_decode_shard": 1, "kdcache_shard": 1, "evaluate_model": 1,
-                 "evaluate_model_ct2": 1},
+                 "evaluate_model_ct2": 1, "speedup_vs_teacher": 1},
            overrides=PIPELINE_ON_SLURM),
     Target(
         "probes", ("all",), frozenset({"gpu_probe", "flaky", "gpu_tasks_probe"}), snakefile=PROBES, smoke_config=False,

@@ -3,7 +3,8 @@
     python -m pipeline.benchmarks.speedup --src work/data/<dir>/spm/test.de \
         --pair work/models/teacher-<key>/model.pt work/models/student_seq_word_kd_a0.5_t1-<key>/model.pt \
         --pair work/ct2/teacher-<key> work/ct2/student_seq_word_kd_a0.5_t1-<key> \
-        [--rounds 5] [--beam 5] [--threads 2] [--json speedup.json]
+        [--rounds 5] [--beam 5] [--threads 2] [--names teacher student_seq_word_kd_a0.5_t1 ...] [--set test]
+        [--json speedup.json]
 
 The evaluation times every model in its own job, minutes apart, and the report divides their speeds; on a shared
 machine the speed of one and the same model moves between jobs by more than the difference that matters
@@ -15,7 +16,8 @@ odd ones, so that a drift of the machine's speed within the run falls on both. E
 before the clock starts (as the evaluation does). Reported per pair: each model's speed (median over rounds)
 and the speed-up of every round (the teacher's seconds over the student's in that round) with its median,
 minimum and maximum. The machine's load average is printed before and after: other work on the machine shows
-there.
+there. The workflow runs it once per student and backend (rule speedup_vs_teacher, evaluate.speedup_rounds) for
+the report's side-by-side speed-up; --names and --set label the results there.
 """
 
 from __future__ import annotations
@@ -45,9 +47,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=0, help="the first N sentences only (default 0: all)")
     parser.add_argument("--rounds", type=int, default=5, help="timed passes of each model per pair (default 5)")
     parser.add_argument("--data", help="fairseq: binarised data / dictionaries (default: as each checkpoint records)")
+    parser.add_argument("--names", nargs=2, action="append", metavar=("TEACHER", "STUDENT"),
+                        help="the models' names in the results, once per --pair (default: their directories' names)")
+    parser.add_argument("--set", dest="set_name", help="the evaluation set --src is, recorded in the results")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    add_decoding_args(parser, nbest=False, fp16=False, backend=False, vmap=False)
+    add_decoding_args(parser, nbest=False, fp16=False, backend=False)
     args = parser.parse_args(argv)
+    if args.names is not None and len(args.names) != len(args.pair):
+        parser.error(f"--names given {len(args.names)} times for {len(args.pair)} --pair: once per pair, or never")
     if args.rounds < 1:
         parser.error(f"--rounds {args.rounds}: must be at least 1")
     if args.n < 0:
@@ -57,12 +64,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def open_model(path: str, args: argparse.Namespace) -> Backend:
     return open_backend(path, data_dir=args.data, cpu=args.cpu, threads=args.threads, compute_type=args.compute_type,
-                        inter_threads=args.inter_threads, intra_threads=args.intra_threads)
+                        inter_threads=args.inter_threads, intra_threads=args.intra_threads, use_vmap=args.vmap)
 
 
 def time_pair(teacher: Backend, student: Backend, lines: list[str], options: SearchOptions,
-              rounds: int) -> dict[str, Any]:
-    """Alternating timed passes of both models over the same lines: speeds and the speed-up of every round."""
+              rounds: int, names: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Alternating timed passes of both models over the same lines: speeds and the speed-up of every round.
+
+    names: the teacher's and the student's names in the results (default: model_name of their paths).
+    """
     seconds: dict[str, list[float]] = {"teacher": [], "student": []}
     models = {"teacher": teacher, "student": student}
     for i in range(rounds):
@@ -73,10 +83,10 @@ def time_pair(teacher: Backend, student: Backend, lines: list[str], options: Sea
             log.info("round %d %s: %.2f s (%.1f sent/s)", i + 1, role, stats.seconds, stats.sentences_per_s)
     speedups = [t / s for t, s in zip(seconds["teacher"], seconds["student"], strict=True)]
     result: dict[str, Any] = {"backend": teacher.name, "device": teacher.describe_device(), "sentences": len(lines)}
-    for role, model in models.items():
+    for i, (role, model) in enumerate(models.items()):
         median = statistics.median(seconds[role])
-        result[role] = {"model": str(model.path), "runtime": model.runtime_info(), "seconds": seconds[role],
-                        "sentences_per_s": len(lines) / median}
+        result[role] = {"name": names[i] if names else model_name(str(model.path)), "model": str(model.path),
+                        "runtime": model.runtime_info(), "seconds": seconds[role], "sentences_per_s": len(lines) / median}
     result["speedup"] = {"rounds": speedups, "median": statistics.median(speedups), "min": min(speedups),
                          "max": max(speedups)}
     return result
@@ -93,7 +103,7 @@ def table(results: list[dict[str, Any]]) -> str:
             "| rounds |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         s = r["speedup"]
-        rows.append(f"| {r['backend']} | {model_name(r['teacher']['model'])} | {model_name(r['student']['model'])} "
+        rows.append(f"| {r['backend']} | {r['teacher']['name']} | {r['student']['name']} "
                     f"| {r['teacher']['sentences_per_s']:.1f} | {r['student']['sentences_per_s']:.1f} "
                     f"| {s['median']:.2f}× | {s['min']:.2f}–{s['max']:.2f}× | {len(s['rounds'])} |")
     return "\n".join(rows)
@@ -109,15 +119,16 @@ def main(argv: list[str] | None = None) -> None:
     options = SearchOptions.from_args(args)
     load_before = os.getloadavg()
     results = []
-    for teacher_path, student_path in args.pair:
+    for i, (teacher_path, student_path) in enumerate(args.pair):
         teacher, student = open_model(teacher_path, args), open_model(student_path, args)
         if teacher.name != student.name:
             raise ConfigError(f"--pair {teacher_path} {student_path}: a {teacher.name} teacher and a {student.name} "
                               "student; a speed-up is measured under one backend (pass one pair per backend)")
-        results.append(time_pair(teacher, student, lines, options, args.rounds))
+        names = tuple(args.names[i]) if args.names else None
+        results.append(time_pair(teacher, student, lines, options, args.rounds, names))
         del teacher, student
     load_after = os.getloadavg()
-    report = {"src": str(args.src), "search": options.search(), "batch": {"max_tokens": args.max_tokens,
+    report = {"set": args.set_name, "src": str(args.src), "search": options.search(), "batch": {"max_tokens": args.max_tokens,
               "batch_size": args.batch_size}, "load_average": {"before": load_before, "after": load_after},
               "pairs": results}
     print(table(results))

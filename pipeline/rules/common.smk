@@ -125,6 +125,7 @@ EVAL_DIR = RESULTS + "/eval/{model}"
 EVAL_JSON = EVAL_DIR + "/{evalset}.json"
 EVAL_BEAM = EVAL_DIR + "/{evalset}.beam.txt"  # the beam hypotheses the report's paired bootstrap resamples
 EVAL_CT2_JSON = EVAL_DIR + "/{evalset}.ct2-{compute_type}.json"
+SPEEDUP_JSON = EVAL_DIR + "/{evalset}.speedup-{backend}.json"  # a student timed beside its teacher (rule speedup_vs_teacher)
 SUMMARY_CSV = RESULTS + "/summary.csv"  # the report's table of every model on every set (rule report_summary)
 PLOTS_DIR = RESULTS + "/plots"
 
@@ -266,6 +267,11 @@ EVAL_SET_PATTERN = "|".join(re.escape(name) for name in EVAL_SETS)
 EVAL_CT2 = "ctranslate2" in EVAL_CFG["backends"]  # fairseq is always evaluated: the report's figures
 EVAL_CT2_TYPES = CT2_CFG["evaluate_compute_types"]
 SUMMARY_SET = REPORT_CFG["set"]
+# Side-by-side speed-ups (rule speedup_vs_teacher): every student and the teacher (an ensemble's first member,
+# the teacher row of the report) in one job per backend, on report.set; none without a fairseq teacher
+SPEEDUP_ROUNDS = EVAL_CFG["speedup_rounds"]
+SPEEDUP_BACKENDS = ["fairseq"] + ([f"ct2-{ctype}" for ctype in EVAL_CT2_TYPES] if EVAL_CT2 else [])
+SPEEDUP_STUDENTS = STUDENTS if SPEEDUP_ROUNDS and TEACHER in MODELS else []
 # per experiment: two experiments may name different models alike (a student of other settings)
 EXPORT_DIR = "export/" + EXPERIMENT + "/{model}"
 EXPORT_MODELS = CT2_CFG["export"]["models"] if CT2_CFG["export"]["models"] is not None else STUDENTS
@@ -274,6 +280,12 @@ EXPORT_MODELS = CT2_CFG["export"]["models"] if CT2_CFG["export"]["models"] is no
 def eval_outputs(models, sets=None):
     """The evaluation JSON of each model on each set (default: every evaluated set)."""
     return [EVAL_JSON.format(model=model, evalset=name) for model in models for name in (sets or EVAL_SETS)]
+
+
+def speedup_outputs(models):
+    """The side-by-side speed-up JSON of each of these students per backend, on report.set (none when off)."""
+    return [SPEEDUP_JSON.format(model=model, evalset=SUMMARY_SET, backend=backend)
+            for model in models if model in SPEEDUP_STUDENTS for backend in SPEEDUP_BACKENDS]
 
 
 def eval_references(sets=None):
@@ -308,6 +320,10 @@ if not EVAL_SETS:
 if SUMMARY_SET not in EVAL_SETS:
     raise ConfigError(f"config report.set: '{SUMMARY_SET}' is not evaluated (evaluate.sets and extra_sets give: "
                       f"{', '.join(EVAL_SETS)}); add it to evaluate.sets or set report.set to one of them")
+if SPEEDUP_STUDENTS and SUMMARY_SET not in EVAL_BUILTIN:
+    raise ConfigError(f"config evaluate.speedup_rounds: {SPEEDUP_ROUNDS} times the students beside the teacher on report.set, "
+                      f"but '{SUMMARY_SET}' is an extra set (its source is raw text); set report.set to dev or test, or "
+                      "evaluate.speedup_rounds: 0")
 if DISTILL_CFG["nbest"] > DISTILL_CFG["beam"]:
     raise ConfigError(f"config distill.nbest ({DISTILL_CFG['nbest']}) must not exceed distill.beam ({DISTILL_CFG['beam']})")
 if DISTILL_CFG["max_tokens"] is None and DISTILL_CFG["batch_size"] is None:

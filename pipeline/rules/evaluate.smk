@@ -7,7 +7,8 @@
 # "spec"). Teachers: an ensemble's members each, and the ensemble as one more entry (teacher_ensemble,
 # fairseq only: CTranslate2 has no ensembles). Settings: config `evaluate:` (flags: EVAL_FLAGS,
 # EVAL_CT2_FLAGS of common.smk); compute: resources.evaluate for both backends, so that the speeds
-# compare.
+# compare. With evaluate.speedup_rounds, every student is also timed beside the teacher in one job per
+# backend (rule speedup_vs_teacher).
 
 
 def eval_set_inputs(evalset, builtin_src):
@@ -116,8 +117,61 @@ rule evaluate_model_ct2:
         " {params.decoding} --compute-type {wildcards.compute_type} --threads {threads} > {log} 2>&1"
 
 
+def speedup_inputs(wildcards):
+    """The teacher and the student as the backend opens them: fairseq checkpoints, or CTranslate2 directories (their
+    model.bin), and report.set's spm-encoded source."""
+    if wildcards.backend == "fairseq":
+        models = [model_path(MODEL, TEACHER), model_path(MODEL, wildcards.model)]
+    else:
+        models = [ct2_path(CT2_MODEL, TEACHER), ct2_path(CT2_MODEL, wildcards.model)]
+    return {"models": models, "dicts": dict_files(BIN_DIR), "src": SPM_TEXT.format(split=wildcards.evalset, lang=SRC)}
+
+
+def speedup_flags(wildcards):
+    """The pair and the backend's options, as the evaluation decodes (batches, threads, compute type, shortlist)."""
+    names = f"--names {TEACHER} {wildcards.model}"
+    if wildcards.backend == "fairseq":
+        return join(f"--pair {model_path(MODEL, TEACHER)} {model_path(MODEL, wildcards.model)}", names,
+                    f"--data {BIN_DIR}", batch_flags(EVAL_CFG))
+    ctype = wildcards.backend.removeprefix("ct2-")
+    return join(f"--pair {ct2_path(CT2_DIR, TEACHER)} {ct2_path(CT2_DIR, wildcards.model)}", names,
+                f"--compute-type {ctype}", CT2_VMAP_FLAG, CT2_THREAD_FLAGS, ct2_batch_flags(EVAL_CFG))
+
+
+# A student and its teacher timed in one job, passes alternating (pipeline.benchmarks.speedup), under one backend:
+# the speed-up the report's side-by-side table gives. The evaluation times each model in its own job, and on a
+# shared machine the same model's speed moves between jobs by more than the speed-ups that matter (docs/results.md).
+rule speedup_vs_teacher:
+    input:
+        unpack(speedup_inputs),
+    output:
+        json=SPEEDUP_JSON,
+    wildcard_constraints:
+        model="|".join(re.escape(name) for name in SPEEDUP_STUDENTS) or "$^",
+        evalset=EVAL_SET_PATTERN,
+        backend="|".join(re.escape(backend) for backend in SPEEDUP_BACKENDS),
+    params:
+        pair=speedup_flags,
+        search=search_flags(EVAL_CFG),
+    log:
+        "logs/eval/" + EXPERIMENT + "/{model}.{evalset}.speedup-{backend}.log",
+    benchmark:
+        "benchmarks/eval/" + EXPERIMENT + "/{model}.{evalset}.speedup-{backend}.tsv"
+    threads: res("evaluate")["threads"]
+    resources:
+        mem_mb=res("evaluate")["mem_mb"],
+        runtime=res("evaluate")["runtime"],
+        gpu=res("evaluate")["gpus"],
+    shell:
+        "export OMP_NUM_THREADS={threads}; "
+        "{PY} -m pipeline.devices --gpus {resources.gpu} --"
+        " {PY} -m pipeline.benchmarks.speedup {params.pair} --src {input.src} --set {wildcards.evalset}"
+        " --rounds {SPEEDUP_ROUNDS} {params.search} --threads {threads} --json {output.json} > {log} 2>&1"
+
+
 rule evaluate:
     input:
         eval_outputs([*MODELS, *ENSEMBLE_EVALUATED]),
         eval_ct2_outputs(MODELS),
         [ct2_path(CT2_SETTINGS, name) for name in MODELS] if EVAL_CT2 else [],
+        speedup_outputs(STUDENTS),

@@ -91,8 +91,9 @@ def model_specs(config: dict) -> dict[str, ModelSpec]:
     (not trained: imported), or none for a CTranslate2 teacher (teacher.ct2_model, decoding only).
 
     `config` is the validated workflow config (every key present: config/config.yaml holds the values);
-    teacher.train and students.train are optional overrides of train. Names carry the seed only when
-    there are several (student_baseline_s2); spec.json always records it.
+    teacher.train and students.train are optional overrides of train, students.variant_train.<variant> of
+    students.train for that variant's students (settings chosen per variant on dev). Names carry the seed only
+    when there are several (student_baseline_s2); spec.json always records it.
     """
     defaults = config["train"]
     teacher_cfg = config["teacher"]
@@ -106,8 +107,12 @@ def model_specs(config: dict) -> dict[str, ModelSpec]:
     if students["variants"]:
         check_train_settings("students.train", student_train)
     seeds = student_seeds(students, student_train)
+    per_variant = students.get("variant_train") or {}  # its keys are variants (the schema checks)
     for variant in students["variants"]:
         targets, criterion = VARIANTS[variant]
+        variant_train = merge(student_train, per_variant.get(variant))
+        if variant in per_variant:
+            check_train_settings(f"students.variant_train.{variant}", variant_train)
         if criterion == "word_kd":
             grid = list(product(students["alpha"], students["temperature"]))
         else:
@@ -115,7 +120,7 @@ def model_specs(config: dict) -> dict[str, ModelSpec]:
         for (alpha, temperature), seed in product(grid, seeds):
             name = student_name(variant, alpha, temperature, seed if len(seeds) > 1 else None)
             specs[name] = ModelSpec(name, students["preset"], targets, criterion, variant, alpha, temperature,
-                                    {**student_train, "seed": seed})
+                                    {**variant_train, "seed": seed})
     return specs
 
 

@@ -167,6 +167,22 @@ def test_evaluation_sets_empty_or_without_the_report_set(tmp_path: Path):
     assert "results/default/eval/teacher/test.json" not in proc.stdout
 
 
+def test_side_by_side_speedups_need_a_built_in_report_set(tmp_path: Path):
+    """evaluate.speedup_rounds times the students on report.set's spm-encoded source: an extra set (raw text) as
+    report.set is refused, naming both keys, unless the rounds are 0; on test, one job per student and backend."""
+    (tmp_path / "mine.de").write_text("ein Hund .\n")
+    (tmp_path / "mine.en").write_text("a dog .\n")
+    mine = {"extra_sets": {"mine": {"src": str(tmp_path / "mine.de"), "ref": str(tmp_path / "mine.en")}}}
+    proc = dry_run(tmp_path / "extra", {"evaluate": mine, "report": {"set": "mine"}})
+    assert_config_error(proc, "config evaluate.speedup_rounds: 2 times the students beside the teacher on report.set, "
+                        "but 'mine' is an extra set", "evaluate.speedup_rounds: 0", tmp_path=tmp_path / "extra")
+    proc = dry_run(tmp_path / "off", {"evaluate": {**mine, "speedup_rounds": 0}, "report": {"set": "mine"}}, check=True)
+    assert "speedup_vs_teacher" not in proc.stdout and "--speedups" not in proc.stdout
+    proc = dry_run(tmp_path / "test", {}, check=True)
+    assert jobs(proc.stdout)["speedup_vs_teacher"] == 4 * 2  # four students; fairseq and CTranslate2 int8
+    assert "--speedups results/default/eval/student_baseline/test.speedup-fairseq.json" in proc.stdout
+
+
 def jobs(output: str) -> dict[str, int]:
     table = output.split("Job stats:", 1)[1] if "Job stats:" in output else ""
     counts = {}
@@ -222,6 +238,27 @@ def test_seeds_and_alphas_plan_a_student_each_and_the_report_reads_every_set(tmp
 def test_student_seed_in_students_train_names_students_seeds(tmp_path: Path):
     proc = dry_run(tmp_path, {"students": {"train": {"seed": 3}}})
     assert_config_error(proc, "config students.train.seed: the students' seeds are students.seeds", tmp_path=tmp_path)
+
+
+def test_variant_train_overrides_students_train_for_that_variant_only(tmp_path: Path):
+    """students.variant_train.seq_word_kd: the seq_word_kd student trains with its own batch, the other students as
+    before (their directory keys unchanged: nothing of theirs is retrained); a variant that does not exist is refused."""
+    def trained(overrides: dict, where: str) -> dict[str, tuple[str, str]]:
+        out = dry_run(tmp_path / where, overrides, check=True).stdout
+        return {m.group(1).rsplit("-", 1)[0]: (m.group(1), m.group(2))
+                for m in re.finditer(r"--output work/models/(\S+)/model\.pt .*?--max-tokens (\d+) ", out)}
+
+    before = trained({}, "before")
+    after = trained({"students": {"variant_train": {"seq_word_kd": {"max_tokens": 500}}}}, "after")
+    assert set(before) == set(after) and len(before) == 5
+    for name, (directory, max_tokens) in after.items():
+        if name == "student_seq_word_kd_a0.5_t1":
+            assert max_tokens == "500" and directory != before[name][0]
+        else:
+            assert (directory, max_tokens) == before[name] and max_tokens == "2000"  # smoke.yaml's train.max_tokens
+    proc = dry_run(tmp_path / "typo", {"students": {"variant_train": {"seq_wordkd": {"max_tokens": 500}}}})
+    assert proc.returncode != 0 and "seq_wordkd" in proc.stdout
+    assert not (tmp_path / "typo/work").exists()
 
 
 def shard_commands(output: str) -> list[str]:

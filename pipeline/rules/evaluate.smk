@@ -118,13 +118,12 @@ rule evaluate_model_ct2:
 
 
 def speedup_inputs(wildcards):
-    """The teacher and the student as the backend opens them: fairseq checkpoints, or CTranslate2 directories (their
-    model.bin), and report.set's spm-encoded source."""
+    """The teacher and the student as the backend opens them: fairseq checkpoints with the dictionaries (--data), or
+    CTranslate2 directories (their model.bin, self-contained), and report.set's spm-encoded source."""
+    src = {"src": SPM_TEXT.format(split=wildcards.evalset, lang=SRC)}
     if wildcards.backend == "fairseq":
-        models = [model_path(MODEL, TEACHER), model_path(MODEL, wildcards.model)]
-    else:
-        models = [ct2_path(CT2_MODEL, TEACHER), ct2_path(CT2_MODEL, wildcards.model)]
-    return {"models": models, "dicts": dict_files(BIN_DIR), "src": SPM_TEXT.format(split=wildcards.evalset, lang=SRC)}
+        return {"models": [model_path(MODEL, TEACHER), model_path(MODEL, wildcards.model)], "dicts": dict_files(BIN_DIR), **src}
+    return {"models": [ct2_path(CT2_MODEL, TEACHER), ct2_path(CT2_MODEL, wildcards.model)], **src}
 
 
 def speedup_flags(wildcards):

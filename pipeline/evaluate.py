@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,11 +122,8 @@ def mode_result(decoded: Decoded, codec: TextCodec, refs: list[str], gen: Search
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="fairseq checkpoint (required with --backend fairseq)")
-    parser.add_argument("--name", help="model name for the report (default: the checkpoint's directory name)")
-    parser.add_argument("--spec", type=Path, help="the model's spec.json: copied into the JSON under \"spec\"")
+def add_set_args(parser: argparse.ArgumentParser) -> None:
+    """The evaluation set's flags: its name, its source (one of three forms), reference, data, spm, text handling."""
     parser.add_argument("--set", dest="set_name", required=True, help="evaluation set name for the report")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--split", help="binarised split of --data: dev, test (or fairseq's valid, test)")
@@ -137,21 +134,20 @@ def main() -> None:
     parser.add_argument("--spm", help="SentencePiece model (default: beside the model, else from the data directory)")
     parser.add_argument("--no-normalize", action="store_true", help="--src-text: skip Moses punctuation normalisation")
     parser.add_argument("--no-detok", action="store_true", help="skip Moses detokenisation of the output")
-    parser.add_argument("--json", type=Path, required=True, help="write the results here")
-    parser.add_argument("--beam-hyps", type=Path, help="beam hypotheses (plain text); default: JSON path .beam.txt")
-    parser.add_argument("--greedy-hyps", type=Path, help="greedy hypotheses; default: JSON path .greedy.txt")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    add_decoding_args(parser, nbest=False, speed_runs=True)
-    args = parser.parse_args()
 
-    started = time.time()
-    hyp_paths = {
-        "beam": args.beam_hyps or args.json.with_suffix(".beam.txt"),
-        "greedy": args.greedy_hyps or args.json.with_suffix(".greedy.txt"),
-    }
-    spec = read_spec(args.spec) if args.spec else None
-    options = SearchOptions.from_args(args)
-    backend = backend_from_args(args)
+
+@dataclass(frozen=True)
+class EvalSet:
+    """An evaluation set as the backend decodes it: source lines, raw references, the text codec, a description."""
+
+    lines: list[str]
+    refs: list[str]
+    codec: TextCodec
+    source: str
+
+
+def open_set(args: argparse.Namespace, backend: Backend) -> EvalSet:
+    """The set add_set_args' flags name, read for `backend`; a reference of another length is an error."""
     codec = TextCodec(backend.spm_model(args.spm), backend.source_lang, backend.target_lang,
                       normalize=not args.no_normalize, detokenize=not args.no_detok)
     if args.split:
@@ -167,6 +163,32 @@ def main() -> None:
     refs = read_lines(args.ref)
     if len(refs) != len(lines):
         raise DataError(f"{args.ref}: {len(refs)} reference lines but the source ({source_desc}) has {len(lines)}")
+    return EvalSet(lines=lines, refs=refs, codec=codec, source=source_desc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="fairseq checkpoint (required with --backend fairseq)")
+    parser.add_argument("--name", help="model name for the report (default: the checkpoint's directory name)")
+    parser.add_argument("--spec", type=Path, help="the model's spec.json: copied into the JSON under \"spec\"")
+    add_set_args(parser)
+    parser.add_argument("--json", type=Path, required=True, help="write the results here")
+    parser.add_argument("--beam-hyps", type=Path, help="beam hypotheses (plain text); default: JSON path .beam.txt")
+    parser.add_argument("--greedy-hyps", type=Path, help="greedy hypotheses; default: JSON path .greedy.txt")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    add_decoding_args(parser, nbest=False, speed_runs=True)
+    args = parser.parse_args()
+
+    started = time.time()
+    hyp_paths = {
+        "beam": args.beam_hyps or args.json.with_suffix(".beam.txt"),
+        "greedy": args.greedy_hyps or args.json.with_suffix(".greedy.txt"),
+    }
+    spec = read_spec(args.spec) if args.spec else None
+    options = SearchOptions.from_args(args)
+    backend = backend_from_args(args)
+    evalset = open_set(args, backend)
+    codec, lines, refs, source_desc = evalset.codec, evalset.lines, evalset.refs, evalset.source
 
     record = backend.model_record()
     result: dict[str, Any] = {

@@ -238,3 +238,55 @@ def test_evaluate_rejects_an_extra_set_line_the_model_cannot_take(tiny_teacher, 
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"error: {src}: line 2: " in proc.stderr and "more than the 1023 a model takes" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_lenpen_chooses_the_best_dev_bleu_and_evaluate_decodes_with_it(tiny_teacher, evaluation, data, tmp_path):
+    """pipeline.lenpen scores each candidate as pipeline.evaluate does at that penalty; --lenpen-from applies the choice."""
+    common = ["--model", str(tiny_teacher), "--set", "test", "--split", "test", "--data", str(data / "bin"),
+              "--ref", str(data / "raw" / "test.en"), "--spm", str(data / "spm" / "spm.model"),
+              "--beam", "2", "--max-len-a", "0", "--max-len-b", "8", "--max-tokens", "2000", "--threads", "1", "--cpu"]
+    chosen_json = tmp_path / "lenpen.json"
+    proc = run_stage("pipeline.lenpen", *common, "--candidates", "1.0", "0.2", "3.0", "--json", str(chosen_json),
+                     "--hyps-dir", str(tmp_path / "hyps"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    chosen = json.loads(chosen_json.read_text())
+    candidates = {c["lenpen"]: c for c in chosen["candidates"]}
+    assert list(candidates) == [1.0, 0.2, 3.0]
+    # at the evaluation's own penalty (1.0) the same BLEU as the evaluation's beam
+    assert candidates[1.0]["bleu"] == pytest.approx(evaluation["beam"]["bleu"]["score"], abs=1e-9)
+    best = max(c["bleu"] for c in chosen["candidates"])
+    assert chosen["lenpen"] == next(c["lenpen"] for c in chosen["candidates"] if c["bleu"] == best)
+    assert chosen["search"] == {"beam": 2, "max_len_a": 0.0, "max_len_b": 8} and chosen["set"] == "test"
+    for value, c in candidates.items():
+        hyps = tmp_path / "hyps" / f"test.lp{value:g}.txt"
+        assert sacrebleu_cli(data / "raw" / "test.en", hyps) == pytest.approx([c["bleu"], c["chrf"]], abs=1e-4)
+    # pipeline.evaluate --lenpen-from decodes with the chosen penalty: its beam output is that candidate's
+    out = tmp_path / "eval.json"
+    proc = run_stage("pipeline.evaluate", *common, "--lenpen", "7.0", "--lenpen-from", str(chosen_json),
+                     "--json", str(out), "--modes", "beam", "--speed-runs", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["beam"]["settings"]["lenpen"] == chosen["lenpen"]
+    assert result["beam"]["bleu"]["score"] == pytest.approx(candidates[chosen["lenpen"]]["bleu"], abs=1e-9)
+    assert read_lines(result["beam"]["hypotheses"]) == read_lines(tmp_path / "hyps" / f"test.lp{chosen['lenpen']:g}.txt")
+
+
+def test_lenpen_choice_and_its_errors(tmp_path):
+    from pipeline.decoding.options import read_chosen_lenpen
+    from pipeline.lenpen import check_candidates, choose
+
+    tie = [{"lenpen": 1.3, "bleu": 30.0}, {"lenpen": 1.0, "bleu": 30.0}, {"lenpen": 2.0, "bleu": 29.0}]
+    assert choose(tie)["lenpen"] == 1.3  # a tie: the first listed
+    with pytest.raises(ConfigError, match="each length penalty once"):
+        check_candidates([1.0, 1.3, 1.0])
+    with pytest.raises(DataError, match="no such file"):
+        read_chosen_lenpen(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    for text, match in (("{", "not a readable JSON"), ('{"candidates": []}', "no chosen length penalty"),
+                        ('{"lenpen": "1.3"}', "no chosen length penalty"), ('{"lenpen": true}', "no chosen")):
+        bad.write_text(text)
+        with pytest.raises(DataError, match=match) as err:
+            read_chosen_lenpen(bad)
+        assert str(bad) in str(err.value)
+    bad.write_text('{"lenpen": 1.6}')
+    assert read_chosen_lenpen(bad) == 1.6

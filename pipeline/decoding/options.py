@@ -14,16 +14,35 @@ batch its export recorded, else 1000 tokens / 8 sentences on CPU, 6000 tokens on
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from pipeline.decoding.batching import DEFAULT_MAX_TOKENS, BatchSettings, given_batch
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError
 
 BACKENDS = ("fairseq", "ctranslate2")
 DEFAULT_BACKEND = "fairseq"
 DEFAULT_SPEED_RUNS = 3  # passes per speed measurement (config evaluate.speed_runs)
 DEFAULT_COMPUTE_TYPE_ARG = "auto"  # the fastest measured type for the device (pipeline.decoding.compute)
+LENPEN_KEY = "lenpen"  # pipeline.lenpen's JSON: the length penalty it chose on dev
+
+
+def read_chosen_lenpen(path: Path) -> float:
+    """The length penalty a model's pipeline.lenpen JSON records as chosen (--lenpen-from)."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"--lenpen-from {path}: no such file (pipeline.lenpen writes it, rule choose_lenpen)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"--lenpen-from {path}: not a readable JSON file ({err})") from None
+    value = record.get(LENPEN_KEY) if isinstance(record, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DataError(f"--lenpen-from {path}: no chosen length penalty (a number under \"{LENPEN_KEY}\"; "
+                        f"found {value!r})")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -56,8 +75,11 @@ class SearchOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **override: Any) -> SearchOptions:
-        """The options add_decoding_args' flags hold (a flag the CLI lacks keeps its default), with overrides."""
+        """The options add_decoding_args' flags hold (a flag the CLI lacks keeps its default), with overrides;
+        --lenpen-from replaces --lenpen."""
         values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        if getattr(args, "lenpen_from", None):
+            values["lenpen"] = read_chosen_lenpen(args.lenpen_from)
         return cls(**{**values, **override})
 
 
@@ -75,7 +97,7 @@ def add_decoding_args(
 ) -> None:
     """Declare the decoding flags (defaults from SearchOptions); the keywords leave out the groups a CLI does not use.
 
-    search: --beam --nbest --lenpen --max-len-a --max-len-b; batch: --max-tokens --batch-size;
+    search: --beam --nbest --lenpen --lenpen-from --max-len-a --max-len-b; batch: --max-tokens --batch-size;
     device: --cpu --threads; fp16: --fp16; backend: --backend --ct2-model; ctranslate2:
     --compute-type --inter-threads --intra-threads; vmap: --vmap; speed_runs: --speed-runs.
     """
@@ -85,6 +107,8 @@ def add_decoding_args(
     if nbest:
         g.add_argument("--nbest", type=int, default=d.nbest, help=f"hypotheses kept per sentence, <= beam (default {d.nbest})")
     g.add_argument("--lenpen", type=float, default=d.lenpen, help=f"length penalty (default {d.lenpen})")
+    g.add_argument("--lenpen-from", type=Path, metavar="JSON",
+                   help="the length penalty chosen for the model on dev: pipeline.lenpen's JSON (replaces --lenpen)")
     g.add_argument("--max-len-a", type=float, default=d.max_len_a,
                    help=f"output length cap: a * (longest source of the batch + EOS) + b pieces (default a = {d.max_len_a})")
     g.add_argument("--max-len-b", type=int, default=d.max_len_b, help=f"(default b = {d.max_len_b})")

@@ -28,6 +28,8 @@ PRESETS: dict[str, list[str]] = {
     "student_small": _transformer((3, 3), 128, 512, 4, 0.1),
     # Deep encoder, shallow decoder: decoding cost is in the decoder's sequential steps (2.0M with 4k).
     "student_deep_shallow": _transformer((6, 1), 128, 512, 4, 0.1),
+    # The same with two more encoder layers (2.4M with 4k): capacity where beam search does not pay per step.
+    "student_deep8_shallow": _transformer((8, 1), 128, 512, 4, 0.1),
     # GPU-scale student (transformer_iwslt-like, half width).
     "student_gpu": _transformer((6, 2), 256, 1024, 4, 0.1),
     # Tests and the smoke run: a few thousand parameters plus embeddings.

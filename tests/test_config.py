@@ -354,3 +354,12 @@ def test_experiment_name_is_one_plain_folder_name():
     for bad in ("", "../x", "a/b", ".hidden", "-x", "a b"):
         errors = list(validator.iter_errors(deep_merge(CONFIG, {"experiment": bad})))
         assert errors and errors[0].path[0] == "experiment", bad
+
+
+def test_schema_allows_exactly_the_architecture_presets():
+    """config teacher.preset / students.preset: the schema's names are pipeline.presets' (a new preset is usable)."""
+    from pipeline.presets import PRESETS, preset_args
+
+    assert set(SCHEMA["$defs"]["preset"]["enum"]) == set(PRESETS)
+    deep8 = preset_args("student_deep8_shallow")
+    assert deep8[deep8.index("--encoder-layers") + 1] == "8" and deep8[deep8.index("--decoder-layers") + 1] == "1"

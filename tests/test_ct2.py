@@ -105,6 +105,29 @@ def test_float32_greedy_matches_fairseq_token_for_token(converted, fairseq_teach
         assert g[0].score == pytest.approx(e[0].score, abs=0.05)
 
 
+def test_prenorm_model_converts_and_decodes_as_fairseq(data, tmp_path):
+    """Pre-norm layers (the default students' preset): CTranslate2 reads them from the checkpoint's settings."""
+    from conftest import train_tiny
+
+    from pipeline.decoding.fairseq_backend import decode_lines
+    from pipeline.decoding.fairseq_model import load_model
+    from pipeline.presets import preset_args
+
+    prenorm = [flag for flag in preset_args("student_deep_shallow_prenorm") if flag.endswith("-normalize-before")]
+    assert prenorm == ["--encoder-normalize-before", "--decoder-normalize-before"]
+    checkpoint = train_tiny(data / "bin", tmp_path / "prenorm", extra=prenorm)
+    fairseq_model = load_model(checkpoint, cpu=True)
+    assert fairseq_model.model.encoder.layers[0].normalize_before and fairseq_model.model.decoder.layers[0].normalize_before
+    convert(checkpoint, tmp_path / "ct2", data_dir=data / "bin", spm=data / "spm" / "spm.model")
+    lines = read_lines(data / "spm" / "test.de")[:8]
+    gen = SearchOptions(beam=1, **FAST)
+    expected = decode_lines(fairseq_model, lines, gen)
+    got = ct2.decode_lines(ct2.load(tmp_path / "ct2", compute_type="float32", threads=1), lines, gen)
+    assert [n[0].tokens for n in got] == [n[0].tokens for n in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert g[0].score == pytest.approx(e[0].score, abs=0.05)
+
+
 def test_nbest_lists_come_back_in_input_order(converted, data):
     lines = read_lines(data / "spm" / "train.de")[:40]
     # a fixed length cap: with max_len_a > 0 the cap is the batch's (as in fairseq), so other batches can change outputs

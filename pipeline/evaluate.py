@@ -100,13 +100,18 @@ def evaluate_mode(backend: Backend, lines: list[str], codec: TextCodec, refs: li
     return mode_result(decoded, codec, refs, options, options.batch(backend.default_batch), hyp_path, seconds)
 
 
+def best_texts(decoded: Decoded, codec: TextCodec) -> list[str]:
+    """Each sentence's best hypothesis as plain text (SentencePiece-decoded, detokenised as the codec does)."""
+    return [codec.decode(nbest[0].tokens) for nbest in decoded.hypotheses]
+
+
 def mode_result(decoded: Decoded, codec: TextCodec, refs: list[str], gen: SearchOptions, batch: BatchSettings,
                 hyp_path: Path, run_seconds: list[float] | None = None) -> dict[str, Any]:
     """Scores and speed of a decoding (either backend's Decoded); hypotheses written as plain text.
 
     run_seconds: every timed pass (the speed is the fastest's), recorded beside the speed.
     """
-    hyps = [codec.decode(nbest[0].tokens) for nbest in decoded.hypotheses]
+    hyps = best_texts(decoded, codec)
     write_lines(hyp_path, hyps)
     stats = decoded.stats
     run_seconds = run_seconds or [stats.seconds]

@@ -49,12 +49,16 @@ def measure(model_dir: Path, compute_type: str, lines: list[str], refs: list[str
             options: SearchOptions, threads: int | None, inter: int | None, intra: int | None, cpu: bool,
             speed_runs: int = 1) -> dict[str, Any]:
     """BLEU/chrF and speed of the directory's model with one compute type (after a warm-up batch, fastest of speed_runs)."""
-    from pipeline.evaluate import fastest_of, score  # sacreBLEU scoring and timing as in the evaluation stage
+    from pipeline.evaluate import (  # sacreBLEU scoring and timing as in the evaluation stage
+        best_texts,
+        fastest_of,
+        score,
+    )
 
     backend = open_backend(model_dir, compute_type=compute_type, threads=threads, inter_threads=inter,
                            intra_threads=intra, cpu=cpu)
     decoded, _ = fastest_of(lambda: backend.decode(lines, options, warmup=True), speed_runs)
-    hyps = [codec.decode(nbest[0].tokens) for nbest in decoded.hypotheses]
+    hyps = best_texts(decoded, codec)
     scores = score(hyps, refs)
     stats = decoded.stats
     log.info("%s: BLEU %.2f, %.1f sent/s", backend.describe_device(), scores["bleu"]["score"], stats.sentences_per_s)

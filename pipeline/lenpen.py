@@ -27,7 +27,7 @@ from pipeline.corpus import write_lines
 from pipeline.decoding import SearchOptions, add_decoding_args, backend_from_args
 from pipeline.decoding.options import LENPEN_KEY
 from pipeline.errors import ConfigError
-from pipeline.evaluate import add_set_args, open_set, score
+from pipeline.evaluate import add_set_args, best_texts, open_set, score
 
 log = logging.getLogger("pipeline.lenpen")
 
@@ -63,7 +63,7 @@ def main() -> None:
     candidates = []
     for value in values:
         decoded = backend.decode(evalset.lines, replace(options, lenpen=value))
-        hyps = [evalset.codec.decode(nbest[0].tokens) for nbest in decoded.hypotheses]
+        hyps = best_texts(decoded, evalset.codec)
         if args.hyps_dir:
             write_lines(args.hyps_dir / f"{args.set_name}.lp{value:g}.txt", hyps)
         scores = score(hyps, evalset.refs)

@@ -35,7 +35,7 @@ def read_chosen_lenpen(path: Path) -> float:
     try:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DataError(f"--lenpen-from {path}: no such file (pipeline.lenpen writes it, rule choose_lenpen)") from None
+        raise DataError(f"--lenpen-from {path}: no such file (python -m pipeline.lenpen writes it)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"--lenpen-from {path}: not a readable JSON file ({err})") from None
     value = record.get(LENPEN_KEY) if isinstance(record, dict) else None

@@ -90,14 +90,14 @@ def test_conversion_writes_a_self_contained_directory(converted):
     assert not list(converted.parent.glob(".*tmp*"))  # the temporary directory is gone
 
 
-def test_float32_greedy_matches_fairseq_token_for_token(converted, fairseq_teacher, data):
+def assert_float32_greedy_matches_fairseq(ct2_model_dir: Path, fairseq_model, data: Path) -> None:
+    """The converted model's float32 greedy output equals fairseq's on 8 test sentences: tokens, lengths, scores."""
     from pipeline.decoding.fairseq_backend import decode_lines
 
     lines = read_lines(data / "spm" / "test.de")[:8]
     gen = SearchOptions(beam=1, **FAST)
-    expected = decode_lines(fairseq_teacher, lines, gen)
-    model = ct2.load(converted, compute_type="float32", threads=1)
-    got = ct2.decode_lines(model, lines, gen)
+    expected = decode_lines(fairseq_model, lines, gen)
+    got = ct2.decode_lines(ct2.load(ct2_model_dir, compute_type="float32", threads=1), lines, gen)
     assert [n[0].tokens for n in got] == [n[0].tokens for n in expected]
     assert [n[0].length for n in got] == [n[0].length for n in expected]
     # fairseq's score convention, forced EOS at the length cap included (see pipeline.decoding.ct2_backend for what remains)
@@ -105,11 +105,14 @@ def test_float32_greedy_matches_fairseq_token_for_token(converted, fairseq_teach
         assert g[0].score == pytest.approx(e[0].score, abs=0.05)
 
 
+def test_float32_greedy_matches_fairseq_token_for_token(converted, fairseq_teacher, data):
+    assert_float32_greedy_matches_fairseq(converted, fairseq_teacher, data)
+
+
 def test_prenorm_model_converts_and_decodes_as_fairseq(data, tmp_path):
     """Pre-norm layers (the default students' preset): CTranslate2 reads them from the checkpoint's settings."""
     from conftest import train_tiny
 
-    from pipeline.decoding.fairseq_backend import decode_lines
     from pipeline.decoding.fairseq_model import load_model
     from pipeline.presets import preset_args
 
@@ -119,13 +122,7 @@ def test_prenorm_model_converts_and_decodes_as_fairseq(data, tmp_path):
     fairseq_model = load_model(checkpoint, cpu=True)
     assert fairseq_model.model.encoder.layers[0].normalize_before and fairseq_model.model.decoder.layers[0].normalize_before
     convert(checkpoint, tmp_path / "ct2", data_dir=data / "bin", spm=data / "spm" / "spm.model")
-    lines = read_lines(data / "spm" / "test.de")[:8]
-    gen = SearchOptions(beam=1, **FAST)
-    expected = decode_lines(fairseq_model, lines, gen)
-    got = ct2.decode_lines(ct2.load(tmp_path / "ct2", compute_type="float32", threads=1), lines, gen)
-    assert [n[0].tokens for n in got] == [n[0].tokens for n in expected]
-    for g, e in zip(got, expected, strict=True):
-        assert g[0].score == pytest.approx(e[0].score, abs=0.05)
+    assert_float32_greedy_matches_fairseq(tmp_path / "ct2", fairseq_model, data)
 
 
 def test_nbest_lists_come_back_in_input_order(converted, data):

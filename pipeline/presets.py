@@ -25,6 +25,8 @@ def _transformer(layers: tuple[int, int], dim: int, ffn: int, heads: int, dropou
 PRESETS: dict[str, list[str]] = {
     # Teacher for the 2-core CPU demo: 3+3 layers, d=256 (6.6M parameters with a 4k vocabulary, 7.6M with 8k).
     "teacher_cpu": _transformer((3, 3), 256, 1024, 4, 0.1),
+    # The same with pre-norm layers, as the default students have them (docs/results.md: teacher_prenorm2k).
+    "teacher_cpu_prenorm": _transformer((3, 3), 256, 1024, 4, 0.1, prenorm=True),
     # GPU-scale teacher comparable to fairseq's transformer_iwslt_de_en: 6+6, d=512, ffn 1024.
     "teacher_iwslt": _transformer((6, 6), 512, 1024, 4, 0.3),
     # Small student: narrow embeddings and output projection, where the cost is (design notes).

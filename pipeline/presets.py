@@ -38,6 +38,8 @@ PRESETS: dict[str, list[str]] = {
     "student_deep_shallow_prenorm": _transformer((6, 1), 128, 512, 4, 0.1, prenorm=True),
     # The same with two more encoder layers (2.4M with 4k): capacity where beam search does not pay per step.
     "student_deep8_shallow": _transformer((8, 1), 128, 512, 4, 0.1),
+    # The same with pre-norm layers: the post-norm one stalled after a fast start (docs/results.md: deep8, prenorm_deep8).
+    "student_deep8_shallow_prenorm": _transformer((8, 1), 128, 512, 4, 0.1, prenorm=True),
     # GPU-scale student (transformer_iwslt-like, half width).
     "student_gpu": _transformer((6, 2), 256, 1024, 4, 0.1),
     # Tests and the smoke run: a few thousand parameters plus embeddings.

@@ -93,6 +93,16 @@ def _limits(settings: dict) -> tuple[float, ...]:
     return tuple(settings["train"][key] or float("inf") for key in LENGTH_KEYS)
 
 
+def _seedless(settings: dict) -> dict:
+    """The settings with the model's name less the seed that runs of several seeds add to it (student_baseline_s2:
+    student_baseline; the seed itself is in train.seed): a run of students.seeds [1, 2] and one of [1] name the
+    seed-1 student differently, and train the same model."""
+    name, seed = settings.get("model"), (settings.get("train") or {}).get("seed")
+    if isinstance(name, str) and seed is not None:
+        return {**settings, "model": name.removesuffix(f"_s{seed}")}
+    return settings
+
+
 def continues(earlier: dict, later: dict) -> bool:
     """Whether a model trained with the settings `earlier` is an earlier point of the run `later` asks for:
     the same settings but for how long it trains and how often it logs, validates and saves, and limits
@@ -104,23 +114,33 @@ def continues(earlier: dict, later: dict) -> bool:
     return all(a <= b for a, b in zip(_limits(earlier), _limits(later), strict=True))
 
 
+def same_run(earlier: dict, later: dict) -> bool:
+    """Whether two models' settings train the same model under names that differ only in the seed suffix."""
+    return "train" in earlier and earlier != later and _seedless(earlier) == _seedless(later)
+
+
 def continue_run(model_dir: Path) -> Path | None:
     """Before a model trains in its new directory: the furthest earlier run of the same model (a sibling
     directory whose settings.json continues() into this one's, with a checkpoint) is copied in, checkpoints
     and progress records, so that pipeline.train resumes it; the earlier directory stays as it is (its
-    experiments still use it). Nothing happens when this directory has a checkpoint or there is no such run."""
+    experiments still use it). The same model under the other name of its seed (same_run: the seed-1 student of
+    a one-seed run, student_baseline, when a run of several seeds asks for student_baseline_s1, and the other way
+    round) counts as the furthest such run: the copy resumes at its end, and training only writes the model.
+    Nothing happens when this directory has a checkpoint or there is no such run."""
     save_dir = model_dir / "checkpoints"
     if (save_dir / "checkpoint_last.pt").exists():
         return None
     own = json.loads((model_dir / "settings.json").read_text(encoding="utf-8"))
+    stem = _seedless(own["settings"]).get("model", own["name"])
     candidates = []
-    for path in model_dir.parent.glob(f"{own['name']}-*/settings.json"):
+    siblings = {*model_dir.parent.glob(f"{stem}-*/settings.json"), *model_dir.parent.glob(f"{stem}_s*-*/settings.json")}
+    for path in sorted(siblings):
         other = path.parent
         if other == model_dir or not (other / "checkpoints" / "checkpoint_last.pt").exists():
             continue
-        earlier = json.loads(path.read_text(encoding="utf-8"))
-        if earlier.get("name") == own["name"] and continues(earlier["settings"], own["settings"]):
-            candidates.append((_limits(earlier["settings"]), other.name, other))
+        earlier = json.loads(path.read_text(encoding="utf-8"))["settings"]
+        if same_run(earlier, own["settings"]) or continues(_seedless(earlier), _seedless(own["settings"])):
+            candidates.append((_limits(earlier), other.name, other))
     if not candidates:
         return None
     source = max(candidates)[2]

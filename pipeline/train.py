@@ -23,6 +23,7 @@ import argparse
 import ctypes
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -142,8 +143,9 @@ def differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     return "; ".join(found)
 
 
-def prepare_save_dir(save_dir: Path, identity: dict[str, Any], metrics: Path) -> None:
-    """Resume the same run, or set an earlier run aside (nothing is deleted but an older .previous)."""
+def prepare_save_dir(save_dir: Path, identity: dict[str, Any], metrics: Path) -> dict | None:
+    """Resume the same run, or set an earlier run aside (nothing is deleted but an older .previous); returns the
+    training state it resumes from (None: from scratch)."""
     save_dir.mkdir(parents=True, exist_ok=True)
     stamp = save_dir / RUN_FILE
     if (save_dir / "checkpoint_last.pt").exists():
@@ -152,8 +154,7 @@ def prepare_save_dir(save_dir: Path, identity: dict[str, Any], metrics: Path) ->
         except json.JSONDecodeError:
             previous = None
         if previous == identity:
-            report_resume(save_dir)
-            return
+            return report_resume(save_dir)
         backup = save_dir.with_name(save_dir.name + ".previous")
         if backup.exists():
             shutil.rmtree(backup)
@@ -167,9 +168,10 @@ def prepare_save_dir(save_dir: Path, identity: dict[str, Any], metrics: Path) ->
         metrics.unlink(missing_ok=True)  # records of a run killed before its first checkpoint
         log.info("no checkpoint in %s: training from scratch", save_dir)
     stamp.write_text(json.dumps(identity, indent=1) + "\n", encoding="utf-8")
+    return None
 
 
-def report_resume(save_dir: Path) -> None:
+def report_resume(save_dir: Path) -> dict:
     last = save_dir / "checkpoint_last.pt"
     try:
         state = checkpoints.load_training_state(last)
@@ -177,6 +179,22 @@ def report_resume(save_dir: Path) -> None:
         state = recover_last(last, damage)
     epoch = (state.get("extra_state") or {}).get("train_iterator", {}).get("epoch", "?")
     log.info("resuming from %s at update %d (epoch %s)", last, checkpoints.num_updates(state), epoch)
+    return state
+
+
+def _limit(cmd: list[str], option: str) -> float:
+    """The value of fairseq-train's --max-update or --max-epoch in cmd (absent or 0: no limit)."""
+    value = int(cmd[cmd.index(option) + 1]) if option in cmd else 0
+    return value or math.inf
+
+
+def trained_to_the_end(state: dict, cmd: list[str]) -> bool:
+    """Whether the run resumed from `state` has reached its limits: its update count is --max-update, or the
+    epoch it would start next is past --max-epoch. fairseq-train would still do one update past --max-update
+    (it checks the limit after each update), so such a run is not restarted at all (a job killed between the
+    last checkpoint and the model, or a finished run copied in by pipeline.settings continue)."""
+    next_epoch = int((state.get("extra_state") or {}).get("train_iterator", {}).get("epoch", 0))
+    return checkpoints.num_updates(state) >= _limit(cmd, "--max-update") or next_epoch > _limit(cmd, "--max-epoch")
 
 
 def recover_last(last: Path, damage: checkpoints.DamagedCheckpointError) -> dict:
@@ -293,8 +311,12 @@ def main() -> None:
     elif topo.multi_task:
         log.warning("%s requested outside a Slurm job: training as one task on this machine", launch.describe(topo))
     cmd = fairseq_command(args, extra, None if plan is None else plan.fairseq_args)
-    prepare_save_dir(args.save_dir, run_identity(cmd, args.data), args.metrics)
-    train(cmd, args.metrics, plan)
+    resumed = prepare_save_dir(args.save_dir, run_identity(cmd, args.data), args.metrics)
+    if resumed is not None and trained_to_the_end(resumed, cmd):
+        log.info("the run has reached its end (update %d): no training, the model is written from its checkpoints",
+                 checkpoints.num_updates(resumed))
+    else:
+        train(cmd, args.metrics, plan)
     finalize(args.save_dir, args.output, args.average_last)
 
 

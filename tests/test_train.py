@@ -20,7 +20,7 @@ from conftest import REPO, SNAKEMAKE, data_dir, model_dir, snakemake, write_conf
 from pipeline import checkpoints
 from pipeline.errors import ConfigError
 from pipeline.models import extra_args, fairseq_train_args, model_specs
-from pipeline.train import ALLOCATOR_ENV, train_env
+from pipeline.train import ALLOCATOR_ENV, train_env, trained_to_the_end
 
 
 @pytest.fixture()
@@ -156,6 +156,40 @@ def test_changed_training_setting_reruns_teacher_only(workdir: Path):
     records = [json.loads(line) for line in (other / "train.jsonl").read_text().splitlines()]
     assert max(int(r.get("num_updates", r.get("train_num_updates", 0))) for r in records) <= 30
     assert all(r.get("epoch", 1) >= 1 for r in records)
+
+
+def test_more_seeds_reuse_the_student_a_one_seed_run_trained(workdir: Path):
+    """students.seeds [1, 2] names the seed-2 student student_baseline_s2, a one-seed run of seed 2 names it
+    student_baseline: the same model in another directory, copied at its end instead of trained again."""
+    students = {"variants": ["baseline"], "train": {"average_last": 2}}
+    cfg = write_config(workdir, {"students": {**students, "seeds": [2]}})
+    one = model_dir(workdir, "student_baseline", cfg)
+    snakemake(workdir, str(one.relative_to(workdir) / "model.pt"), config=cfg)
+    cfg = write_config(workdir, {"students": {**students, "seeds": [1, 2]}})
+    two = model_dir(workdir, "student_baseline_s2", cfg)
+    assert two != one
+    snakemake(workdir, *(str(two.relative_to(workdir) / f) for f in ("model.pt", "spec.json")), config=cfg)
+    log = (workdir / f"logs/train/{two.name}.log").read_text()
+    assert f"continues {one.relative_to(workdir)}" in log
+    assert f"resuming from {two.relative_to(workdir)}/checkpoints/checkpoint_last.pt at update 60" in log
+    records = [json.loads(line) for line in (two / "train.jsonl").read_text().splitlines()]
+    assert max(int(r.get("num_updates", r.get("train_num_updates", 0))) for r in records) == 60  # no update more
+    ours, theirs = checkpoints.load(two / "model.pt"), checkpoints.load(one / "model.pt")
+    assert ours["extra_state"]["averaged_from"] == theirs["extra_state"]["averaged_from"]
+    assert all(torch.equal(ours["model"][key], theirs["model"][key]) for key in theirs["model"])
+    spec = json.loads((two / "spec.json").read_text())
+    assert spec["name"] == "student_baseline_s2" and spec["seed"] == 2
+
+
+def test_a_run_at_its_limits_is_not_restarted():
+    def state(updates: int, next_epoch: int) -> dict:
+        return {"optimizer_history": [{"num_updates": updates}], "extra_state": {"train_iterator": {"epoch": next_epoch}}}
+
+    by_updates = ["--max-epoch", "0", "--max-update", "60"]
+    assert trained_to_the_end(state(60, 2), by_updates) and not trained_to_the_end(state(59, 2), by_updates)
+    by_epochs = ["--max-epoch", "14"]  # fairseq's iterator state after epoch 14 names epoch 15
+    assert trained_to_the_end(state(4046, 15), by_epochs) and not trained_to_the_end(state(3757, 14), by_epochs)
+    assert not trained_to_the_end(state(10**6, 1), ["--max-update", "0"])  # no limits: never at the end
 
 
 def test_run_identity_follows_data_and_teacher(tmp_path: Path):

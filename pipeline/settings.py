@@ -106,26 +106,24 @@ def _seedless(settings: dict) -> dict:
 def continues(earlier: dict, later: dict) -> bool:
     """Whether a model trained with the settings `earlier` is an earlier point of the run `later` asks for:
     the same settings but for how long it trains and how often it logs, validates and saves, and limits
-    (train.max_update, max_epoch) no higher than the later run's, so that the later run continues it."""
+    (train.max_update, max_epoch) no higher than the later run's, so that the later run continues it. Model names
+    are compared less their seed suffix: the same run under the other name of its seed (student_baseline of a
+    one-seed run, student_baseline_s1 of a run of several) is its own end point, so the later run starts at its end."""
     if "train" not in earlier or "train" not in later or earlier == later:
         return False
+    earlier, later = _seedless(earlier), _seedless(later)
     if _without_continuation(earlier) != _without_continuation(later):
         return False
     return all(a <= b for a, b in zip(_limits(earlier), _limits(later), strict=True))
-
-
-def same_run(earlier: dict, later: dict) -> bool:
-    """Whether two models' settings train the same model under names that differ only in the seed suffix."""
-    return "train" in earlier and earlier != later and _seedless(earlier) == _seedless(later)
 
 
 def continue_run(model_dir: Path) -> Path | None:
     """Before a model trains in its new directory: the furthest earlier run of the same model (a sibling
     directory whose settings.json continues() into this one's, with a checkpoint) is copied in, checkpoints
     and progress records, so that pipeline.train resumes it; the earlier directory stays as it is (its
-    experiments still use it). The same model under the other name of its seed (same_run: the seed-1 student of
-    a one-seed run, student_baseline, when a run of several seeds asks for student_baseline_s1, and the other way
-    round) counts as the furthest such run: the copy resumes at its end, and training only writes the model.
+    experiments still use it). The same model under the other name of its seed (the seed-1 student of a one-seed
+    run, student_baseline, when a run of several seeds asks for student_baseline_s1, and the other way round) is
+    the furthest such run: the copy resumes at its end, and training only writes the model.
     Nothing happens when this directory has a checkpoint or there is no such run."""
     save_dir = model_dir / "checkpoints"
     if (save_dir / "checkpoint_last.pt").exists():
@@ -139,7 +137,7 @@ def continue_run(model_dir: Path) -> Path | None:
         if other == model_dir or not (other / "checkpoints" / "checkpoint_last.pt").exists():
             continue
         earlier = json.loads(path.read_text(encoding="utf-8"))["settings"]
-        if same_run(earlier, own["settings"]) or continues(_seedless(earlier), _seedless(own["settings"])):
+        if continues(earlier, own["settings"]):
             candidates.append((_limits(earlier), other.name, other))
     if not candidates:
         return None

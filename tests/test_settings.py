@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import REPO, deep_merge
 
-from pipeline.settings import Stage, continue_run, continues, same_run, settings_key, stage_layout
+from pipeline.settings import Stage, continue_run, continues, settings_key, stage_layout
 
 CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 SMOKE = deep_merge(CONFIG, yaml.safe_load((REPO / "config" / "smoke.yaml").read_text()))
@@ -202,12 +202,12 @@ def test_a_run_of_several_seeds_takes_the_students_a_one_seed_run_trained(tmp_pa
     # the names differ (student_baseline, student_baseline_s2), so do the directories: the seed-2 student of the
     # run of two seeds starts from the one-seed run's, and trains no further than its end
     assert one["student_baseline"].dir != several["student_baseline_s2"].dir
-    assert same_run(one["student_baseline"].settings, several["student_baseline_s2"].settings)
-    assert same_run(several["student_baseline_s2"].settings, one["student_baseline"].settings)
-    assert not same_run(one["student_baseline"].settings, several["student_baseline_s1"].settings)  # another seed
-    assert not same_run(one["student_baseline"].settings, other_lr["student_baseline_s2"].settings)
-    assert not same_run(one["student_baseline"].settings, one["student_baseline"].settings)
-    assert not same_run(one["student_baseline"].settings, several["student_seq_kd_s2"].settings)
+    assert continues(one["student_baseline"].settings, several["student_baseline_s2"].settings)
+    assert continues(several["student_baseline_s2"].settings, one["student_baseline"].settings)
+    assert not continues(one["student_baseline"].settings, several["student_baseline_s1"].settings)  # another seed
+    assert not continues(one["student_baseline"].settings, other_lr["student_baseline_s2"].settings)
+    assert not continues(one["student_baseline"].settings, one["student_baseline"].settings)
+    assert not continues(one["student_baseline"].settings, several["student_seq_kd_s2"].settings)
     trained = make_model_dir(tmp_path, one["student_baseline"], 30)
     make_model_dir(tmp_path, several["student_baseline_s1"], 50)  # seed 1: not this model
     make_model_dir(tmp_path, other_lr["student_baseline_s2"], 50)

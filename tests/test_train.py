@@ -330,3 +330,29 @@ def test_thread_sharing_benchmark_needs_two_cores(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "pipeline.benchmarks.train_threads", "--data", str(tmp_path), "--cores", "1"],
                           capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 2 and "--cores must be at least 2" in proc.stderr
+
+
+def test_profile_benchmark_groups_the_update_time(smoke_data: Path):
+    """python -m pipeline.benchmarks.train_profile on the tiny preset: the groups' shares add up to the whole, the
+    matrix products and dropout's masks (the preset has dropout) are among them, and the largest operators are listed."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline.benchmarks.train_profile",
+                           "--data", str(data_dir(smoke_data) / "bin"), "--preset", "tiny", "--max-tokens", "1000",
+                           "--skip", "2", "--updates", "3", "--threads", "1"],
+                          capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert re.search(r"tiny, CE updates of 1000 tokens, 1 thread: [0-9.]+ ms/update over 3 updates \(after 2\), "
+                     r"[0-9]+% of it in operators",
+                     proc.stdout)
+    shares = dict(re.findall(r"^  (\w[\w ]*?) +([0-9.]+)%$", proc.stdout, re.MULTILINE))
+    assert list(shares) == ["matrix products", "dropout masks", "attention kernels", "softmax", "layer norm", "other"]
+    assert sum(float(v) for v in shares.values()) == pytest.approx(100, abs=0.5)
+    assert float(shares["matrix products"]) > 0 and float(shares["dropout masks"]) > 0
+    assert "aten::mm" in proc.stdout.split("largest operators:")[1]
+
+
+def test_profile_groups_by_operator_name():
+    from pipeline.benchmarks.train_profile import group_shares
+    shares = group_shares({"aten::mm": 50.0, "aten::addmm": 10.0, "aten::bernoulli_": 20.0, "aten::_log_softmax": 5.0,
+                           "aten::_scaled_dot_product_flash_attention_for_cpu": 5.0, "aten::copy_": 10.0})
+    assert shares == pytest.approx({"matrix products": 0.6, "dropout masks": 0.2, "attention kernels": 0.05,
+                                    "softmax": 0.05, "layer norm": 0.0, "other": 0.1})

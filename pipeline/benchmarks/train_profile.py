@@ -27,7 +27,8 @@ from pathlib import Path
 from pipeline.benchmarks.train_allocator import train_command
 from pipeline.train import ALLOCATOR_ENV
 
-# Operator groups, first match wins; an operator in none of them is "other".
+# Operator groups, first match wins: "aten::" patterns match a name exactly, the others any name containing them
+# (the attention kernels' names vary with the PyTorch version); an operator in none of them is "other".
 GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
     ("dropout masks", ("aten::bernoulli_",)),

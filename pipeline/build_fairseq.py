@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 VERSION = "0.12.2"
-LOCAL_VERSION = f"{VERSION}+py311.4"
+LOCAL_VERSION = f"{VERSION}+py311.5"
 SDIST_URL = (
     "https://files.pythonhosted.org/packages/30/36/"
     "db42846570f479ac859be3b48d8b47f2ae9b0b9c77487a512f2f2ecbcb6b/fairseq-0.12.2.tar.gz"
@@ -295,6 +295,33 @@ PATCHES: list[tuple[str, str, str]] = [
         "                        self._file.write(ends - nbytes)\n"
         "                        address = int(ends[-1])\n"
         "                    del sizes\n",
+    ),
+    # 14. --amp was CUDA-only: autocast and the loss scaler were torch.cuda.amp's, so on the CPU it did
+    #     nothing. With --cpu it is now bfloat16 autocast over the forward pass and the loss (weights, gradients
+    #     and the optimizer stay float32; bfloat16 has float32's range, so no loss scaling): on CPUs with native
+    #     bfloat16 (AVX512_BF16, AMX) the matrix products run in it (pipeline.benchmarks.cpu_bf16).
+    (
+        "fairseq/tasks/fairseq_task.py",
+        "            with torch.cuda.amp.autocast(enabled=(isinstance(optimizer, AMPOptimizer))):\n",
+        "            amp_device = next(model.parameters()).device.type\n"
+        "            with torch.autocast(\n"
+        "                amp_device,\n"
+        '                dtype=torch.float16 if amp_device == "cuda" else torch.bfloat16,\n'
+        "                enabled=isinstance(optimizer, AMPOptimizer),\n"
+        "            ):\n",
+    ),
+    (
+        "fairseq/optim/amp_optimizer.py",
+        "        self._grad_scaler = torch.cuda.amp.GradScaler(**amp_kwargs)\n",
+        "        cuda = torch.cuda.is_available() and not cfg.common.cpu\n"
+        '        self._grad_scaler = torch.amp.GradScaler("cuda" if cuda else "cpu", enabled=cuda, **amp_kwargs)\n',
+    ),
+    #     Without a scaler, non-finite gradients are divergence, not an overflow to retry at a lower scale.
+    (
+        "fairseq/trainer.py",
+        "                    if self.cfg.common.amp:\n                        overflow = True\n",
+        "                    if self.cfg.common.amp and self.optimizer.scaler.is_enabled():\n"
+        "                        overflow = True\n",
     ),
     ("fairseq/version.txt", VERSION, LOCAL_VERSION),
 ]

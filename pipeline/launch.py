@@ -28,11 +28,16 @@ launched as before: one process, distributed over the visible GPUs when there ar
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.errors import ConfigError
+
+log = logging.getLogger("pipeline.launch")
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo flags
 
 # fairseq's tcp:// rendezvous port on the first node: derived from the job id, so that two training
 # jobs sharing a node do not collide
@@ -139,6 +144,26 @@ def distributed_port(job_id: str) -> int:
     return PORT_BASE + int(job_id) % PORT_SPAN if job_id.isdigit() else PORT_BASE
 
 
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU computes bfloat16 products natively (AVX512_BF16 or AMX): there they run about twice
+    float32's speed; elsewhere bfloat16 is emulated and slower than float32 (pipeline.benchmarks.cpu_bf16)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return bool(NATIVE_BF16_FLAGS.intersection(flags))
+
+
+def cpu_args(cpu_bf16: bool) -> list[str]:
+    """fairseq-train's options on the CPU: --amp (bfloat16 autocast, patch 14 of build_fairseq) where asked
+    for and the CPU has native bfloat16."""
+    if cpu_bf16 and cpu_has_native_bf16():
+        log.info("training on the CPU with bfloat16 autocast (fairseq --amp): the CPU has native bfloat16")
+        return ["--cpu", "--amp"]
+    return ["--cpu"]
+
+
 def srun_command(topo: Topology) -> list[str]:
     """srun line: one task per process, T per node, all of a node's GPUs visible to each of its tasks
     (fairseq picks cuda:SLURM_LOCALID); --kill-on-bad-exit ends the step when one rank fails."""
@@ -149,14 +174,15 @@ def srun_command(topo: Topology) -> list[str]:
     return cmd + ["--kill-on-bad-exit=1", "--label", "--unbuffered"]
 
 
-def fairseq_distributed_args(topo: Topology, job_id: str, fp16: bool) -> list[str]:
-    device = ["--cpu", "--distributed-backend", "gloo"] if not topo.gpus_per_task else \
+def fairseq_distributed_args(topo: Topology, job_id: str, fp16: bool, cpu_bf16: bool = False) -> list[str]:
+    device = cpu_args(cpu_bf16) + ["--distributed-backend", "gloo"] if not topo.gpus_per_task else \
         (["--fp16"] if fp16 else []) + ["--distributed-backend", "nccl"]
     return device + ["--distributed-world-size", str(topo.world_size),
                      "--distributed-port", str(distributed_port(job_id))]
 
 
-def launch_plan(topo: Topology, env: Mapping[str, str] | None = None, fp16: bool = False) -> Launch | None:
+def launch_plan(topo: Topology, env: Mapping[str, str] | None = None, fp16: bool = False,
+                cpu_bf16: bool = False) -> Launch | None:
     """The srun launch for a multi-task topology inside a Slurm job; None: launch as before."""
     env = os.environ if env is None else env
     job_id = env.get("SLURM_JOB_ID", "")
@@ -168,7 +194,7 @@ def launch_plan(topo: Topology, env: Mapping[str, str] | None = None, fp16: bool
         # batch shell (pipeline.devices with gpu=0) must not reach srun's tasks in its place
         child.pop("CUDA_VISIBLE_DEVICES", None)
     child["OMP_NUM_THREADS"] = str(topo.threads)
-    return Launch(srun_command(topo), fairseq_distributed_args(topo, job_id, fp16), child)
+    return Launch(srun_command(topo), fairseq_distributed_args(topo, job_id, fp16, cpu_bf16), child)
 
 
 def describe(topo: Topology) -> str:

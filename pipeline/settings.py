@@ -52,7 +52,7 @@ TARGETS = ("reference", "distilled")  # a word-KD student's training data, and s
 # Training settings that continue a run instead of starting a new one (pipeline.train's CONTINUATION_OPTIONS):
 # a model trained longer gets a directory of its own, which starts from the shorter run's checkpoints.
 CONTINUATION_KEYS = ("max_epoch", "max_update", "patience", "log_interval", "validate_interval_updates",
-                     "save_interval_updates", "fp16")
+                     "save_interval_updates", "fp16", "cpu_bf16")
 LENGTH_KEYS = ("max_update", "max_epoch")  # 0: no limit
 
 

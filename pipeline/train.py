@@ -2,7 +2,7 @@
 
     python -m pipeline.train --data work/data/<dir>/bin --save-dir work/models/teacher-<key>/checkpoints \
         --output work/models/teacher-<key>/model.pt --preset teacher_cpu --metrics work/models/teacher-<key>/train.jsonl \
-        [--best-metric loss|bleu] [--average-last N] [--fp16] -- FAIRSEQ_TRAIN_OPTIONS...
+        [--best-metric loss|bleu] [--average-last N] [--fp16] [--cpu-bf16] -- FAIRSEQ_TRAIN_OPTIONS...
 
 Training state lives in --save-dir, which no Snakemake rule declares: a killed or time-limited
 job, rerun, continues from checkpoint_last.pt. A rerun resumes only the same run: --save-dir/run.json
@@ -51,7 +51,7 @@ RUN_FILE = "run.json"
 CONTINUATION_OPTIONS = {
     "--max-epoch", "--max-update", "--patience", "--log-interval", "--validate-interval-updates",
     "--save-interval-updates", "--keep-last-epochs", "--keep-interval-updates", "--no-epoch-checkpoints",
-    "--num-workers", "--cpu", "--fp16", "--distributed-world-size", "--save-dir", "--user-dir",
+    "--num-workers", "--cpu", "--fp16", "--amp", "--distributed-world-size", "--save-dir", "--user-dir",
     "--distributed-backend", "--distributed-port", "--tensorboard-logdir",
 }
 HASH_LIMIT = 256 * 2**20  # bigger files are identified by size and modification time, not content
@@ -62,9 +62,9 @@ ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "10000000000
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def device_args(fp16: bool) -> list[str]:
+def device_args(fp16: bool, cpu_bf16: bool = False) -> list[str]:
     if not torch.cuda.is_available():
-        return ["--cpu"]
+        return launch.cpu_args(cpu_bf16)
     n = torch.cuda.device_count()
     args = ["--fp16"] if fp16 else []
     if n > 1:
@@ -91,7 +91,7 @@ def fairseq_command(args: argparse.Namespace, extra: list[str], devices: list[st
         cmd += ["--keep-last-epochs", str(args.average_last), "--keep-interval-updates", str(args.average_last)]
     else:
         cmd += ["--no-epoch-checkpoints", "--keep-interval-updates", "1"]
-    cmd += device_args(args.fp16) if devices is None else devices
+    cmd += device_args(args.fp16, args.cpu_bf16) if devices is None else devices
     return cmd + extra
 
 
@@ -294,6 +294,8 @@ def main() -> None:
     parser.add_argument("--best-metric", choices=["loss", "bleu"], default="loss")
     parser.add_argument("--average-last", type=int, default=0, help="average the last N checkpoints (0: best)")
     parser.add_argument("--fp16", action="store_true", help="mixed precision when training on GPU")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="bfloat16 autocast when training on a CPU with native bfloat16 (elsewhere float32)")
     # several tasks (pipeline/launch.py): inside a Slurm job fairseq runs under srun, once per task
     parser.add_argument("--nodes", type=int, default=1, help="Slurm nodes (multi-task training)")
     parser.add_argument("--tasks-per-node", type=int, default=1, help="fairseq processes per node")
@@ -305,7 +307,7 @@ def main() -> None:
     if not any(args.data.glob("dict.*.txt")):
         raise DataError(f"{args.data}: no binarised data (dict.*.txt missing)")
     topo = launch.Topology(args.nodes, args.tasks_per_node, args.gpus_per_task, args.gpus_per_task, args.threads_per_task)
-    plan = launch.launch_plan(topo, fp16=args.fp16)
+    plan = launch.launch_plan(topo, fp16=args.fp16, cpu_bf16=args.cpu_bf16)
     if plan is not None:
         log.info("multi-task training: %s, under srun", launch.describe(topo))
     elif topo.multi_task:

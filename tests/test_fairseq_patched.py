@@ -239,3 +239,29 @@ def test_indexed_dataset_builder_keeps_sizes_compact_and_writes_the_same_index(t
     index = MMapIndexedDataset.Index(str(tmp_path / "many.idx"))
     assert np.array_equal(index.sizes, many)
     assert np.array_equal(index._pointers, np.concatenate([[0], np.cumsum(many.astype(np.int64) * 2)[:-1]]))
+
+
+def test_amp_on_the_cpu_is_bfloat16_autocast(smoke_data: Path, tmp_path: Path):
+    """Patch 14: --cpu --amp trains with bfloat16 autocast (it was a silent no-op): the same run in float32 and
+    with --amp ends at slightly different weights (bfloat16 products round differently), not far apart, and the
+    checkpoint keeps float32 weights."""
+    from conftest import data_dir, train_tiny
+    from fairseq import checkpoint_utils
+
+    runs = {}
+    for name, extra in (("fp32", []), ("fp32_again", []), ("amp", ["--amp"])):
+        state = checkpoint_utils.load_checkpoint_to_cpu(
+            str(train_tiny(data_dir(smoke_data) / "bin", tmp_path / name, max_update=12, extra=extra)))
+        runs[name] = state["model"]
+    for key, weight in runs["amp"].items():
+        assert weight.dtype == runs["fp32"][key].dtype
+        assert torch.isfinite(weight).all()
+
+    def largest_difference(a: str, b: str) -> float:
+        # weights and biases (the sinusoidal embedding's _float_tensor buffer is uninitialised memory)
+        return max((runs[a][k] - runs[b][k]).abs().max().item() for k in runs[a] if k.endswith(("weight", "bias")))
+
+    rerun, amp = largest_difference("fp32_again", "fp32"), largest_difference("amp", "fp32")
+    print(f"largest weight difference: float32 rerun {rerun:.2e}, --amp {amp:.2e}")
+    assert amp > 10 * rerun  # more than float32's run-to-run noise (reductions in another order)
+    assert amp < 0.05  # 12 Adam steps of at most about lr (3e-3) each

@@ -148,3 +148,25 @@ def test_a_run_moves_between_one_task_and_srun_without_restarting(tmp_path):
     plan = launch.launch_plan(launch.topology({"tasks": 2, "gpus": 0}), {"SLURM_JOB_ID": "5"})
     assert run_identity([*base, "--cpu"], data) == run_identity([*base, *plan.fairseq_args], data)
     assert run_identity([*base, "--cpu"], data) != run_identity([*base, "--lr", "0.2", "--cpu"], data)
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 fma\n\nprocessor\t: 1\n")
+    assert launch.cpu_has_native_bf16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n")
+    assert launch.cpu_has_native_bf16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw fma\n")  # AVX-512 without bf16
+    assert not launch.cpu_has_native_bf16(cpuinfo)
+    assert not launch.cpu_has_native_bf16(tmp_path / "missing")
+
+
+def test_cpu_bf16_adds_amp_only_where_the_cpu_has_it(monkeypatch):
+    assert launch.cpu_args(False) == ["--cpu"]
+    monkeypatch.setattr(launch, "cpu_has_native_bf16", lambda: True)
+    assert launch.cpu_args(True) == ["--cpu", "--amp"]
+    assert launch.cpu_args(False) == ["--cpu"]
+    topo = launch.topology({"nodes": 1, "tasks": 2, "gpus": 0, "threads": 1})
+    assert launch.fairseq_distributed_args(topo, "7", fp16=False, cpu_bf16=True)[:3] == ["--cpu", "--amp", "--distributed-backend"]
+    monkeypatch.setattr(launch, "cpu_has_native_bf16", lambda: False)
+    assert launch.cpu_args(True) == ["--cpu"]

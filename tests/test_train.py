@@ -356,3 +356,31 @@ def test_profile_groups_by_operator_name():
                            "aten::_scaled_dot_product_flash_attention_for_cpu": 5.0, "aten::copy_": 10.0})
     assert shares == pytest.approx({"matrix products": 0.6, "dropout masks": 0.2, "attention kernels": 0.05,
                                     "softmax": 0.05, "layer norm": 0.0, "other": 0.1})
+
+
+def test_cpu_bf16_benchmark_times_both_variants(smoke_data: Path):
+    """python -m pipeline.benchmarks.cpu_bf16 on the tiny preset: float32 and --amp run alternately and the printed
+    ratio is the ratio of the printed times."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline.benchmarks.cpu_bf16",
+                           "--data", str(data_dir(smoke_data) / "bin"), "--presets", "tiny", "--updates", "12",
+                           "--interval", "4", "--max-tokens", "1000", "--reps", "1", "--threads", "1"],
+                          capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert re.search(r"native bfloat16 .*: (yes|no, emulated)", proc.stdout)
+    runs = re.findall(r"tiny run 1 +(float32|bfloat16 autocast): +([0-9.]+) ms/update over 8 updates", proc.stdout)
+    assert [name for name, _ in runs] == ["float32", "bfloat16 autocast"]
+    fp32, bf16, ratio = map(float, re.search(r"tiny +float32 +([0-9.]+) ms/update, bfloat16 autocast +([0-9.]+) "
+                                              r"ms/update, float32 / bfloat16 ([0-9.]+)", proc.stdout).groups())
+    assert (fp32, bf16) == (float(runs[0][1]), float(runs[1][1]))
+    assert ratio == pytest.approx(fp32 / bf16, rel=0.02)
+
+
+def test_cpu_bf16_reaches_fairseq_only_on_a_native_bf16_cpu(monkeypatch):
+    from pipeline import launch, train
+
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(launch, "cpu_has_native_bf16", lambda: True)
+    assert train.device_args(fp16=True, cpu_bf16=True) == ["--cpu", "--amp"]
+    assert train.device_args(fp16=True, cpu_bf16=False) == ["--cpu"]
+    monkeypatch.setattr(launch, "cpu_has_native_bf16", lambda: False)
+    assert train.device_args(fp16=True, cpu_bf16=True) == ["--cpu"]

@@ -42,6 +42,7 @@ def train_command(wildcards):
         f"--preset {spec.preset}",
         f"--best-metric {t['best_metric']} --average-last {t['average_last']}",
         "--fp16" if t["fp16"] else "",
+        "--cpu-bf16" if t["cpu_bf16"] else "",
         *train_args(TRAIN_TOPOLOGY),  # nothing for one task
     ]
     fairseq = fairseq_train_args(spec, TEACHER_PATHS, STUDENTS_CFG["kd_topk"], kdcache_dir(spec.name))

@@ -32,12 +32,11 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
+from pipeline.cpuinfo import cpu_has_native_bf16
 from pipeline.errors import ConfigError
 
 log = logging.getLogger("pipeline.launch")
-NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo flags
 
 # fairseq's tcp:// rendezvous port on the first node: derived from the job id, so that two training
 # jobs sharing a node do not collide
@@ -142,17 +141,6 @@ class Launch:
 
 def distributed_port(job_id: str) -> int:
     return PORT_BASE + int(job_id) % PORT_SPAN if job_id.isdigit() else PORT_BASE
-
-
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU computes bfloat16 products natively (AVX512_BF16 or AMX): there they run about twice
-    float32's speed; elsewhere bfloat16 is emulated and slower than float32 (pipeline.benchmarks.cpu_bf16)."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return bool(NATIVE_BF16_FLAGS.intersection(flags))
 
 
 def cpu_args(cpu_bf16: bool) -> list[str]:

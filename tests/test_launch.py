@@ -10,6 +10,7 @@ from snakemake_executor_plugin_slurm.submit_string import get_submit_command
 from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
 
 from pipeline import launch
+from pipeline.cpuinfo import cpu_has_native_bf16
 from pipeline.errors import ConfigError
 
 
@@ -150,15 +151,11 @@ def test_a_run_moves_between_one_task_and_srun_without_restarting(tmp_path):
     assert run_identity([*base, "--cpu"], data) != run_identity([*base, "--lr", "0.2", "--cpu"], data)
 
 
-def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 fma\n\nprocessor\t: 1\n")
-    assert launch.cpu_has_native_bf16(cpuinfo)
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n")
-    assert launch.cpu_has_native_bf16(cpuinfo)
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw fma\n")  # AVX-512 without bf16
-    assert not launch.cpu_has_native_bf16(cpuinfo)
-    assert not launch.cpu_has_native_bf16(tmp_path / "missing")
+def test_native_bf16_is_read_from_the_cpu_flags():
+    assert cpu_has_native_bf16("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 fma\n\nprocessor\t: 1\n")
+    assert cpu_has_native_bf16("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n")
+    assert not cpu_has_native_bf16("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw fma\n")  # AVX-512 without bf16
+    assert not cpu_has_native_bf16("")  # no /proc/cpuinfo
 
 
 def test_cpu_bf16_adds_amp_only_where_the_cpu_has_it(monkeypatch):

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.benchmarks.train_allocator import time_updates, train_command
-from pipeline.launch import cpu_has_native_bf16
+from pipeline.cpuinfo import cpu_has_native_bf16
 from pipeline.train import ALLOCATOR_ENV
 
 VARIANTS = {"float32": [], "bfloat16 autocast": ["--amp"]}

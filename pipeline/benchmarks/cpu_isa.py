@@ -21,24 +21,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.cpuinfo import first_processor
+
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo names
 
 
 def cpu_description(cpuinfo: str | None = None) -> dict[str, Any]:
     """Vendor, model name and the int8-relevant flags of this CPU (Linux /proc/cpuinfo; empty elsewhere)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            cpuinfo = ""
-    fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        if not sep:
-            if fields:  # the first processor's block is enough
-                break
-            continue
-        fields.setdefault(key.strip(), value.strip())
+    fields = first_processor(cpuinfo)
     flags = set(fields.get("flags", "").split())
     return {"vendor": fields.get("vendor_id", "?"), "model": fields.get("model name", "?"),
             "int8_flags": [f for f in INT8_FLAGS if f in flags]}
